@@ -1,0 +1,247 @@
+"""Validation and derived values of an experiment config, in one place.
+
+``finalize(config, workdir)`` checks every value, fills ``config.derived`` (values that follow from
+others, recomputed after command-line overrides) and returns a locked, frozen copy. Errors are one
+line naming the key: ``config.ppo.actor_lr: must be > 0 (got -1.0)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+import ml_collections
+
+from diwa_jax.envs.oracle import TASKS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _positive(x) -> bool:
+    return x > 0
+
+
+def _non_negative(x) -> bool:
+    return x >= 0
+
+
+def _unit(x) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+def _one_of(*choices) -> Callable[[Any], bool]:
+    check = lambda x: x in choices  # noqa: E731
+    check.__doc__ = f"must be one of {', '.join(map(repr, choices))}"
+    return check
+
+
+_DESCRIBE = {_positive: "must be > 0", _non_negative: "must be >= 0", _unit: "must be in [0, 1]"}
+
+# key -> predicate. Keys absent here are type-checked by ml_collections only.
+_RULES: dict[str, Callable[[Any], bool]] = {
+    "seed": _non_negative,
+    "data.image_size": _one_of(64),
+    "env.backend": _one_of("playtable", "calvin_env"),
+    "env.static_size": _positive,
+    "env.gripper_size": _positive,
+    "env.renderer": _one_of("tiny", "egl"),
+    "collect.train_frames": _positive,
+    "collect.val_frames": _positive,
+    "collect.segment_frames": _positive,
+    "collect.workers": _positive,
+    "collect.skill_noise": _unit,
+    "collect.failure_prob": _unit,
+    "wm.variant": _one_of("vision", "hybrid", "state"),
+    "wm.cnn_depth": _positive,
+    "wm.deter": _positive,
+    "wm.stoch": _positive,
+    "wm.classes": _positive,
+    "wm.hidden": _positive,
+    "wm.state_hidden": _positive,
+    "wm.state_embed": _positive,
+    "wm.ln_eps": _positive,
+    "wm.temperature": _positive,
+    "wm.kl_balance": _unit,
+    "wm.kl_weight": _non_negative,
+    "wm.free_nats": _non_negative,
+    "wm.image_weight": _non_negative,
+    "wm.state_weight": _non_negative,
+    "wm.lr": _positive,
+    "wm.adam_eps": _positive,
+    "wm.weight_decay": _non_negative,
+    "wm.clip_norm": _positive,
+    "wm.batch_size": _positive,
+    "wm.seq_len": _positive,
+    "wm.steps": _positive,
+    "wm.reset_prob": _unit,
+    "wm.log_every": _positive,
+    "wm.image_every": _positive,
+    "wm.ckpt_every": _positive,
+    "wm.openloop_context": _positive,
+    "wm.openloop_horizon": _positive,
+    "featurize.chunk_frames": _positive,
+    "featurize.batch_streams": _positive,
+    "policy.horizon": _positive,
+    "policy.act_steps": _positive,
+    "policy.action_dim": _one_of(7),
+    "policy.denoising_steps": _positive,
+    "policy.ft_denoising_steps": _positive,
+    "policy.time_dim": lambda x: x >= 4 and x % 2 == 0,
+    "policy.mlp_dim": _positive,
+    "policy.cosine_s": _positive,
+    "policy.denoised_clip": _positive,
+    "policy.bc_randn_clip": _positive,
+    "policy.n_train_windows": _positive,
+    "policy.lr": _positive,
+    "policy.min_lr": _non_negative,
+    "policy.weight_decay": _non_negative,
+    "policy.batch_size": _positive,
+    "policy.epochs": _positive,
+    "policy.warmup_epochs": _non_negative,
+    "policy.cosine_epochs": _positive,
+    "policy.ema_decay": _unit,
+    "policy.ema_every": _positive,
+    "policy.ema_start": _non_negative,
+    "policy.ckpt_every": _positive,
+    "reward.embed_hidden": _positive,
+    "reward.embed_dim": _positive,
+    "reward.head_hidden": _positive,
+    "reward.tau": _positive,
+    "reward.ce_weight": _non_negative,
+    "reward.lr": _positive,
+    "reward.batch_size": lambda x: x >= 2,
+    "reward.epochs": _positive,
+    "reward.negatives_per_episode": _positive,
+    "reward.eval_every": _positive,
+    "ppo.n_envs": _positive,
+    "ppo.n_steps": _positive,
+    "ppo.episode_len": _positive,
+    "ppo.iterations": _positive,
+    "ppo.eval_every": _positive,
+    "ppo.critic_warmup": _non_negative,
+    "ppo.gamma": _unit,
+    "ppo.gae_lambda": _unit,
+    "ppo.gamma_denoising": _unit,
+    "ppo.update_epochs": _positive,
+    "ppo.batch_size": _positive,
+    "ppo.minibatch_mode": _one_of("sample", "denoising_step"),
+    "ppo.clip": _positive,
+    "ppo.clip_base": _positive,
+    "ppo.clip_rate": _positive,
+    "ppo.vf_coef": _non_negative,
+    "ppo.target_kl": _positive,
+    "ppo.max_grad_norm": _non_negative,
+    "ppo.actor_lr": _positive,
+    "ppo.critic_lr": _positive,
+    "ppo.critic_dim": _positive,
+    "ppo.min_sampling_std": _non_negative,
+    "ppo.min_logprob_std": _positive,
+    "ppo.randn_clip": _positive,
+    "ppo.reward_scale_gamma": _unit,
+    "ppo.reward_scale_clip": _positive,
+    "ppo.reward_mode": _one_of("binary", "probability"),
+    "ppo.alpha_bc": _non_negative,
+    "ppo.start_source": _one_of("simulator", "dataset"),
+    "ppo.n_start_states": _positive,
+    "ppo.ckpt_every": _positive,
+    "eval.max_steps": _positive,
+    "eval.max_episodes": _non_negative,
+}
+
+# Relations between keys: (keys named in the error, predicate on the config, message).
+_RELATIONS = (
+    ("policy.ft_denoising_steps", lambda c: c.policy.ft_denoising_steps <= c.policy.denoising_steps,
+     "must be <= config.policy.denoising_steps"),
+    ("policy.act_steps", lambda c: c.policy.act_steps <= c.policy.horizon, "must be <= config.policy.horizon"),
+    ("policy.min_lr", lambda c: c.policy.min_lr <= c.policy.lr, "must be <= config.policy.lr"),
+    ("ppo.episode_len", lambda c: c.ppo.episode_len % c.policy.act_steps == 0,
+     "must be a multiple of config.policy.act_steps"),
+    ("ppo.clip_base", lambda c: c.ppo.clip_base <= c.ppo.clip, "must be <= config.ppo.clip"),
+    ("ppo.logprob_min", lambda c: c.ppo.logprob_min < c.ppo.logprob_max, "must be < config.ppo.logprob_max"),
+    ("wm.openloop_context", lambda c: c.wm.openloop_context + c.wm.openloop_horizon <= c.wm.seq_len
+     or c.wm.openloop_context + c.wm.openloop_horizon <= c.collect.segment_frames,
+     "context + horizon must fit in a recorded segment (config.collect.segment_frames)"),
+)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    for key, rule in _RULES.items():
+        try:
+            value = _get(config, key)
+        except KeyError:
+            raise ConfigError(f"config.{key}: missing from the config file") from None
+        if not rule(value):
+            what = _DESCRIBE.get(rule) or rule.__doc__ or "has an invalid value"
+            raise ConfigError(f"config.{key}: {what} (got {value!r})")
+    tasks = tuple(config.tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise ConfigError(f"config.tasks: unknown task(s) {unknown} (choose from {', '.join(TASKS)})")
+    for key, holds, message in _RELATIONS:
+        if not holds(config):
+            raise ConfigError(f"config.{key}: {message} (got {_get(config, key)!r})")
+
+
+def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """Values that follow from others. The only place they are computed."""
+    d = ml_collections.ConfigDict()
+    workdir = os.path.abspath(workdir)
+    d.workdir = workdir
+    d.data_dir = os.path.abspath(config.data.path) if config.data.path else os.path.join(workdir, "data")
+    d.cache_dir = os.path.abspath(config.data.cache_dir) if config.data.cache_dir else os.path.join(workdir, "cache")
+    d.collect_data = not config.data.path
+    d.latent_dim = config.wm.deter + config.wm.stoch * config.wm.classes
+    d.proprio_dim = 18 if config.data.rot6d else 15  # tcp pos 3, orn (rot6d 6 | euler 3), width, 7 joints, gripper
+    d.scene_state_dim = 33 if config.data.rot6d else 24  # 6 scalars + 3 blocks x (pos 3 + orn)
+    d.state_dim = d.proprio_dim + d.scene_state_dim
+    d.chunk_dim = config.policy.horizon * config.policy.action_dim
+    d.episode_chunks = config.ppo.episode_len // config.policy.act_steps
+    d.samples_per_iteration = config.ppo.n_envs * config.ppo.n_steps
+    d.ppo_minibatches = max(1, math.ceil(d.samples_per_iteration / config.ppo.batch_size))
+    d.wm_steps_per_iteration = d.samples_per_iteration * config.policy.act_steps
+    d.task_ids = tuple(TASKS.index(t) for t in config.tasks)
+    return d
+
+
+def finalize(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.FrozenConfigDict:
+    """Validate, derive, and freeze. Raises ConfigError naming the first bad key."""
+    validate(config)
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.derived = derive(config, workdir)
+    return ml_collections.FrozenConfigDict(out)
+
+
+def to_json(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict) -> str:
+    return json.dumps(_plain(config), indent=2, sort_keys=True)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict, dict)):
+        return {k: _plain(v) for k, v in (x.items() if isinstance(x, dict) else x.items())}
+    if isinstance(x, (tuple, list)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def sections(config, names: tuple[str, ...]) -> dict:
+    """The plain-dict view of some top-level sections (what a stage's artifact depends on)."""
+    return {n: _plain(config[n]) for n in names}
+
+
+def stage_key(config, purpose: str):
+    """The typed PRNG key of one purpose (a stage, a task), derived from ``config.seed`` alone, so
+    the same seed gives the same numbers whatever ran before."""
+    import zlib
+
+    import jax
+    return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(purpose.encode()) & 0x7FFFFFFF)

@@ -1,0 +1,137 @@
+"""The stages of a run, in order, each skipped when its artifact is complete.
+
+A stage writes its outputs under ``<workdir>/<stage>/`` and, last, a ``COMPLETE.json`` marker holding
+the config sections it depends on. A rerun skips a stage whose marker matches the current config,
+refuses (naming the keys) one whose marker was written under a different config, and otherwise runs
+it; the stage itself resumes from its own checkpoints. Stages that are not built yet stop the run
+with a clear message instead of writing anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+from diwa_jax.config import ConfigError, sections
+from diwa_jax.logging import info
+
+MARKER = "COMPLETE.json"
+
+
+class NotBuiltYet(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    depends_on: tuple[str, ...]  # config sections whose values shape the artifact
+    runner: str | None  # "module:function" taking (config); None: not built yet
+    issue: int  # the issue that builds it
+
+    def load(self) -> Callable:
+        module, func = self.runner.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("collect", "scripted play and expert demos in the embedded play-table",
+          ("seed", "collect", "env"), None, 3),
+    Stage("world_model", "train the RSSM on play sequences",
+          ("seed", "data", "collect", "wm"), None, 4),
+    Stage("featurize", "the trained RSSM as a filter over every frame",
+          ("seed", "data", "collect", "wm", "featurize"), None, 4),
+    Stage("policy", "BC-train the diffusion policy per task",
+          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy"), None, 5),
+    Stage("reward", "train the latent success classifier per task",
+          ("seed", "tasks", "data", "collect", "wm", "featurize", "reward"), None, 5),
+    Stage("finetune", "PPO on the Dream Diffusion MDP, all in imagination",
+          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy", "reward", "ppo"), None, 6),
+    Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
+          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
+          None, 6),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage_dir(config, name: str) -> str:
+    return os.path.join(config.derived.workdir, name)
+
+
+def _marker_path(config, stage: Stage) -> str:
+    return os.path.join(stage_dir(config, stage.name), MARKER)
+
+
+def _dependencies(config, stage: Stage) -> dict:
+    return json.loads(json.dumps(sections(config, stage.depends_on)))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def is_complete(config, stage: Stage) -> bool:
+    """True if the marker matches the config; ConfigError if it was made under another config."""
+    path = _marker_path(config, stage)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        recorded = json.load(f)["config"]
+    now = _flatten(_dependencies(config, stage))
+    before = _flatten(recorded)
+    changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+    if changed:
+        raise ConfigError(
+            f"stage '{stage.name}' in {config.derived.workdir} was made with different values of "
+            f"{', '.join('config.' + k for k in changed[:6])}{' ...' if len(changed) > 6 else ''}; "
+            "use a new --workdir, or delete that stage's folder to redo it")
+    return True
+
+
+def mark_complete(config, stage: Stage, summary: dict | None = None) -> None:
+    path = _marker_path(config, stage)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"stage": stage.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "config": _dependencies(config, stage), "summary": summary or {}}, f, indent=2)
+    os.replace(tmp, path)
+
+
+def select(names: Sequence[str] | None) -> tuple[Stage, ...]:
+    if not names:
+        return STAGES
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
+    return tuple(s for s in STAGES if s.name in names)
+
+
+def run(config, names: Sequence[str] | None = None) -> None:
+    for stage in select(names):
+        if stage.name == "collect" and not config.derived.collect_data:
+            info(f"[collect] skipped: using the data set at {config.derived.data_dir}")
+            continue
+        if is_complete(config, stage):
+            info(f"[{stage.name}] complete, skipping ({_marker_path(config, stage)})")
+            continue
+        if stage.runner is None:
+            raise NotBuiltYet(
+                f"stage '{stage.name}' ({stage.summary}) is not built yet (issue #{stage.issue}); "
+                f"the stages before it are complete in {config.derived.workdir}")
+        info(f"[{stage.name}] {stage.summary}")
+        start = time.time()
+        summary = stage.load()(config) or {}
+        summary["wall_time_s"] = round(time.time() - start, 1)
+        mark_complete(config, stage, summary)
+        info(f"[{stage.name}] done in {summary['wall_time_s']:.1f} s")

@@ -1,0 +1,295 @@
+"""DiWA on CALVIN (task D) or the embedded play-table.
+
+Usage: ``python launch.py --config experiments/calvin.py[:preset] --workdir runs/NAME``
+
+Presets are arguments of this file, not copies of it:
+  (none)  the paper's settings (``../shared/diwa_spec.md`` Appendix A and section 9), for an accelerator;
+  quick   the README's main job: the whole pipeline on the embedded play-table on a 2-core CPU;
+  tiny    seconds-long sizes for tests.
+
+Every default is a field; override any of them from the command line, e.g.
+``--config.ppo.actor_lr=3e-5``. Values that follow from others (latent size, batch sizes, ...) are
+not set here: ``diwa_jax.config.finalize`` derives them into ``config.derived`` after overrides.
+"""
+import ml_collections
+
+from diwa_jax.envs.oracle import TASKS  # noqa: F401  (the task list; config.tasks selects from it)
+
+PRESETS = ("paper", "quick", "tiny")
+
+
+def _paper() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = "paper"
+    c.seed = 0
+    c.tasks = TASKS
+
+    # ---- data set (CALVIN on-disk format) -----------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # a CALVIN split root (e.g. .../task_D_D); empty: stage `collect` makes one
+    c.data.image_size = 64  # both cameras area-resized to this (the WM's conv geometry needs 64)
+    c.data.rot6d = True  # Euler angles in robot/scene state -> rot6d (18-D proprio)
+    c.data.cache_dir = ""  # preprocessed 64x64 cache; empty: <workdir>/cache
+
+    # ---- simulator (collect and evaluate) -----------------------------------------------------
+    c.env = ml_collections.ConfigDict()
+    c.env.backend = "playtable"  # playtable | calvin_env
+    c.env.static_size = 200
+    c.env.gripper_size = 84
+    c.env.renderer = "tiny"  # tiny (pybullet TinyRenderer) | egl
+    c.env.calvin_env_conf_dir = ""  # calvin_env's conf/ folder; empty: the installed package's
+
+    # ---- scripted play collection (embedded play-table only) ----------------------------------
+    c.collect = ml_collections.ConfigDict()
+    c.collect.train_frames = 500_000
+    c.collect.val_frames = 100_000
+    c.collect.segment_frames = 2_000  # frames per recorded segment (ep_start_end_ids row)
+    c.collect.workers = 2
+    c.collect.skill_noise = 0.3  # play-like variation: speed, approach, hesitation, small errors
+    c.collect.failure_prob = 0.1  # fraction of skills deliberately left unfinished
+
+    # ---- world model (DreamerV2-style RSSM; spec section 2) -----------------------------------
+    c.wm = ml_collections.ConfigDict()
+    c.wm.variant = "vision"  # vision | hybrid | state
+    c.wm.cnn_depth = 48
+    c.wm.deter = 1024
+    c.wm.stoch = 32
+    c.wm.classes = 32
+    c.wm.hidden = 1000
+    c.wm.state_hidden = 400  # hybrid/state encoder and state head
+    c.wm.state_embed = 512
+    c.wm.ln_eps = 1e-3
+    c.wm.temperature = 1.0
+    c.wm.kl_balance = 0.8
+    c.wm.kl_weight = 0.3
+    c.wm.free_nats = 0.0  # off, as the paper
+    c.wm.image_weight = 1.0
+    c.wm.state_weight = 1.0
+    c.wm.lr = 3e-4
+    c.wm.adam_eps = 1e-5
+    c.wm.weight_decay = 0.05
+    c.wm.clip_norm = 100.0
+    c.wm.batch_size = 50
+    c.wm.seq_len = 50
+    c.wm.steps = 2_000_000
+    c.wm.reset_prob = 0.01
+    c.wm.carry_state = True  # equidistant streams with the RSSM state carried across windows
+    c.wm.log_every = 1000
+    c.wm.image_every = 20_000
+    c.wm.ckpt_every = 10_000
+    c.wm.openloop_context = 5
+    c.wm.openloop_horizon = 50
+
+    # ---- featurize ----------------------------------------------------------------------------
+    c.featurize = ml_collections.ConfigDict()
+    c.featurize.chunk_frames = 4096
+    c.featurize.batch_streams = 64
+
+    # ---- diffusion policy (spec section 3) ----------------------------------------------------
+    c.policy = ml_collections.ConfigDict()
+    c.policy.horizon = 4  # Ta, actions per chunk
+    c.policy.act_steps = 4
+    c.policy.action_dim = 7
+    c.policy.denoising_steps = 20  # K
+    c.policy.ft_denoising_steps = 10  # K'
+    c.policy.time_dim = 16
+    c.policy.mlp_dim = 512
+    c.policy.cosine_s = 0.008
+    c.policy.denoised_clip = 1.0
+    c.policy.bc_randn_clip = 10.0
+    c.policy.deterministic_min_std = 1e-3  # "deterministic" eval sampling: DDPM std floor for t > 0, 0 at t = 0
+    c.policy.n_train_windows = 50
+    c.policy.window_seed = 42
+    c.policy.lr = 1e-4
+    c.policy.min_lr = 1e-5
+    c.policy.weight_decay = 1e-6
+    c.policy.batch_size = 256
+    c.policy.epochs = 5000
+    c.policy.warmup_epochs = 100
+    c.policy.cosine_epochs = 10_000
+    c.policy.ema_decay = 0.995
+    c.policy.ema_every = 10
+    c.policy.ema_start = 20
+    c.policy.ckpt_every = 500
+
+    # ---- reward classifier (spec section 5) ---------------------------------------------------
+    c.reward = ml_collections.ConfigDict()
+    c.reward.embed_hidden = 1024
+    c.reward.embed_dim = 256
+    c.reward.head_hidden = 1024
+    c.reward.tau = 0.5
+    c.reward.ce_weight = 0.5
+    c.reward.lr = 1e-6
+    c.reward.batch_size = 32
+    c.reward.epochs = 100
+    c.reward.negatives_per_episode = 10
+    c.reward.balance_quirk = True  # negatives drawn by position within the negative list (original); False: uniform
+    c.reward.use_imagined = True
+    c.reward.eval_every = 5
+
+    # ---- PPO in imagination (spec sections 4 and 6) -------------------------------------------
+    c.ppo = ml_collections.ConfigDict()
+    c.ppo.n_envs = 50
+    c.ppo.n_steps = 36  # chunk steps per iteration and env
+    c.ppo.episode_len = 72  # world-model steps before truncation
+    c.ppo.iterations = 800
+    c.ppo.eval_every = 25
+    c.ppo.critic_warmup = 2
+    c.ppo.gamma = 0.999
+    c.ppo.gae_lambda = 0.95
+    c.ppo.gamma_denoising = 0.99
+    c.ppo.update_epochs = 10
+    c.ppo.batch_size = 7500
+    c.ppo.minibatch_mode = "sample"  # sample (released) | denoising_step (current DPPO)
+    c.ppo.clip = 0.01
+    c.ppo.clip_base = 0.001
+    c.ppo.clip_rate = 3.0
+    c.ppo.vf_coef = 0.5
+    c.ppo.target_kl = 1.0
+    c.ppo.norm_adv = True
+    c.ppo.max_grad_norm = 0.0  # 0: no clipping
+    c.ppo.actor_lr = 1e-5
+    c.ppo.critic_lr = 1e-3
+    c.ppo.critic_dim = 256
+    c.ppo.min_sampling_std = 0.1
+    c.ppo.min_logprob_std = 0.1
+    c.ppo.randn_clip = 3.0
+    c.ppo.logprob_min = -5.0
+    c.ppo.logprob_max = 2.0
+    c.ppo.clamp_logprob = True  # DPPO quirk (spec 9 row 7): clamp each element to [logprob_min, logprob_max]
+    c.ppo.logprob_reduce = "mean"  # mean (DPPO quirk) | sum: how per-element log-probs become one per step
+    c.ppo.reward_scaling = True
+    c.ppo.reward_scale_gamma = 0.99
+    c.ppo.reward_scale_clip = 10.0
+    c.ppo.reward_mode = "binary"  # binary | probability
+    c.ppo.alpha_bc = 0.05
+    c.ppo.binarize_gripper = False
+    c.ppo.start_source = "simulator"  # simulator | dataset
+    c.ppo.n_start_states = 200
+    c.ppo.ckpt_every = 100
+
+    # ---- closed-loop evaluation (spec section 7) ----------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.max_steps = 72
+    c.eval.max_episodes = 0  # 0: one per validation window of the task
+    c.eval.deterministic = True
+    c.eval.filter_every_frame = True  # 4-frame WM filtering per chunk (paper era)
+
+    # ---- logging ------------------------------------------------------------------------------
+    c.log = ml_collections.ConfigDict()
+    c.log.tensorboard = True
+    c.log.progress = True
+    c.log.video = False  # needs the `video` extra
+    return c
+
+
+def _quick(c: ml_collections.ConfigDict) -> None:
+    """The whole pipeline on the embedded play-table on a 2-core CPU."""
+    c.collect.train_frames = 24_000
+    c.collect.val_frames = 4_000
+    c.collect.segment_frames = 1_000
+    c.env.static_size = 96
+    c.env.gripper_size = 64
+    c.wm.cnn_depth = 16
+    c.wm.deter = 256
+    c.wm.stoch = 16
+    c.wm.classes = 16
+    c.wm.hidden = 256
+    c.wm.state_hidden = 128
+    c.wm.state_embed = 128
+    c.wm.batch_size = 16
+    c.wm.seq_len = 32
+    c.wm.steps = 3_000
+    c.wm.log_every = 100
+    c.wm.image_every = 1_000
+    c.wm.ckpt_every = 500
+    c.policy.mlp_dim = 256
+    c.policy.epochs = 300
+    c.policy.warmup_epochs = 10
+    c.policy.cosine_epochs = 600
+    c.policy.ckpt_every = 100
+    c.reward.embed_hidden = 256
+    c.reward.embed_dim = 64
+    c.reward.head_hidden = 256
+    c.reward.lr = 1e-4
+    c.reward.epochs = 30
+    c.ppo.n_envs = 32
+    c.ppo.n_steps = 18
+    c.ppo.iterations = 60
+    c.ppo.eval_every = 20
+    c.ppo.n_start_states = 64
+    c.ppo.ckpt_every = 20
+    c.ppo.critic_dim = 128
+    c.eval.max_episodes = 20
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """Seconds-long sizes for tests: every stage runs, nothing learns much."""
+    _quick(c)
+    c.tasks = ("open_drawer",)
+    c.collect.train_frames = 300
+    c.collect.val_frames = 150
+    c.collect.segment_frames = 150
+    c.collect.workers = 1
+    c.env.static_size = 64
+    c.env.gripper_size = 64
+    c.wm.cnn_depth = 4
+    c.wm.deter = 32
+    c.wm.stoch = 4
+    c.wm.classes = 4
+    c.wm.hidden = 32
+    c.wm.state_hidden = 16
+    c.wm.state_embed = 16
+    c.wm.batch_size = 4
+    c.wm.seq_len = 8
+    c.wm.steps = 20
+    c.wm.log_every = 5
+    c.wm.image_every = 10
+    c.wm.ckpt_every = 10
+    c.wm.openloop_context = 2
+    c.wm.openloop_horizon = 6
+    c.featurize.chunk_frames = 64
+    c.featurize.batch_streams = 4
+    c.policy.mlp_dim = 32
+    c.policy.time_dim = 8
+    c.policy.denoising_steps = 6
+    c.policy.ft_denoising_steps = 3
+    c.policy.n_train_windows = 4
+    c.policy.batch_size = 32
+    c.policy.epochs = 4
+    c.policy.warmup_epochs = 1
+    c.policy.cosine_epochs = 8
+    c.policy.ema_every = 1
+    c.policy.ema_start = 1
+    c.policy.ckpt_every = 2
+    c.reward.embed_hidden = 32
+    c.reward.embed_dim = 16
+    c.reward.head_hidden = 32
+    c.reward.epochs = 2
+    c.reward.batch_size = 16
+    c.ppo.n_envs = 4
+    c.ppo.n_steps = 3
+    c.ppo.episode_len = 12
+    c.ppo.iterations = 3
+    c.ppo.eval_every = 2
+    c.ppo.update_epochs = 2
+    c.ppo.batch_size = 64
+    c.ppo.n_start_states = 4
+    c.ppo.ckpt_every = 1
+    c.ppo.critic_dim = 16
+    c.eval.max_steps = 12
+    c.eval.max_episodes = 2
+    c.log.progress = False
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    preset = preset or "paper"
+    if preset not in PRESETS:
+        raise ValueError(f"experiments/calvin.py: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    c = _paper()
+    c.preset = preset
+    if preset == "quick":
+        _quick(c)
+    elif preset == "tiny":
+        _tiny(c)
+    return c

@@ -1,0 +1,70 @@
+"""Run the DiWA pipeline: ``python launch.py --config experiments/calvin.py:quick --workdir runs/quick``.
+
+Overrides: ``--config.ppo.actor_lr=3e-5``. Stage selection: ``--stages=world_model,featurize``.
+Rerunning the same command resumes a killed run; complete stages are skipped.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for every artifact of the run (created if missing)")
+_STAGES = flags.DEFINE_list("stages", [], "stages to run, in pipeline order (default: all)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Imported here so that `--help` and flag errors stay fast and free of JAX start-up noise.
+    from diwa_jax import config as configlib
+    from diwa_jax import pipeline
+
+    try:
+        config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
+        os.makedirs(config.derived.workdir, exist_ok=True)
+        _save_resolved(config, configlib.to_json(config))
+        pipeline.run(config, _STAGES.value)
+    except (configlib.ConfigError, pipeline.NotBuiltYet) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, configlib.ConfigError) else 3
+    print(f"finished: outputs in {config.derived.workdir}")
+    return 0
+
+
+def _save_resolved(config, text: str) -> None:
+    path = os.path.join(config.derived.workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _run():
+    # absl prints a usage dump after flag errors; a bad config key or value should be one line.
+    try:
+        argv = flags.FLAGS(sys.argv)
+    except (flags.Error, AttributeError, KeyError) as e:
+        print(f"error: {_flag_message(e, sys.argv)}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv, flags_parser=lambda a: a)
+
+
+def _flag_message(e: Exception, argv) -> str:
+    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names no field
+        key = str(e).strip("\"' ")
+        culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+        where = culprits[0] if culprits else f"config key {key!r}"
+        return f"{where}: no such key in the config file (see experiments/calvin.py for the fields)"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):  # error raised inside the config file
+        return f"{lines[0].split(': Error')[0]}: {lines[-1]}"
+    return " ".join(lines)
+
+
+if __name__ == "__main__":
+    _run()
