@@ -30,6 +30,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.data.image_size = 64  # both cameras area-resized to this (the WM's conv geometry needs 64)
     c.data.rot6d = True  # Euler angles in robot/scene state -> rot6d (18-D proprio)
     c.data.cache_dir = ""  # preprocessed 64x64 cache; empty: <workdir>/cache
+    c.data.cache_workers = 2  # processes decoding npz frames while the cache is built
+    c.data.cache_chunk_frames = 512  # frames per resumable build chunk
 
     # ---- simulator (collect and evaluate) -----------------------------------------------------
     c.env = ml_collections.ConfigDict()

@@ -1,0 +1,118 @@
+"""Behaviour-cloning pre-training of the diffusion policy (spec section 3.3).
+
+epsilon-prediction MSE; AdamW whose learning rate is stepped once per epoch (linear warm-up from min_lr to lr,
+then a cosine toward min_lr that ends ``cosine_epochs`` after the start, warm-up included); EMA of the weights
+updated at the end of every ``ema_every``-th epoch, a plain copy of the model before ``ema_start``.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from diwa_jax.policy.denoiser import denoise_eps, init_denoiser
+from diwa_jax.policy.schedule import DDPMSchedule
+
+
+@struct.dataclass
+class BCBatch:
+    cond: jnp.ndarray  # (B, C) latent feature at the chunk's first step
+    actions: jnp.ndarray  # (B, Ta, A) the expert chunk
+
+
+@struct.dataclass
+class BCTrainState:
+    step: jnp.ndarray  # gradient steps taken
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def bc_loss(params: dict, schedule: DDPMSchedule, cond: jnp.ndarray, actions: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    """Mean squared error of the predicted noise at ``t ~ U{0..K-1}``, ``x_t = sqrt(acp_t) a0 + sqrt(1-acp_t) eps``."""
+    t_key, eps_key = jax.random.split(key)
+    t = jax.random.randint(t_key, (actions.shape[0],), 0, schedule.num_steps)
+    eps = jax.random.normal(eps_key, actions.shape, actions.dtype)
+    acp = schedule.alphas_cumprod[t][:, None, None]
+    x_t = jnp.sqrt(acp) * actions + jnp.sqrt(1.0 - acp) * eps
+    return jnp.mean(jnp.square(denoise_eps(params, x_t, t, cond) - eps))
+
+
+def bc_epoch_learning_rate(cfg_policy: ml_collections.ConfigDict) -> optax.Schedule:
+    """Learning rate as a function of the epoch index."""
+    if cfg_policy.cosine_epochs <= cfg_policy.warmup_epochs:
+        raise ValueError(
+            f"config.policy.cosine_epochs ({cfg_policy.cosine_epochs}) must exceed "
+            f"config.policy.warmup_epochs ({cfg_policy.warmup_epochs}): the cosine cycle includes the warm-up"
+        )
+    warmup = optax.linear_schedule(cfg_policy.min_lr, cfg_policy.lr, cfg_policy.warmup_epochs)
+    cosine = optax.cosine_decay_schedule(
+        cfg_policy.lr, cfg_policy.cosine_epochs - cfg_policy.warmup_epochs, alpha=cfg_policy.min_lr / cfg_policy.lr
+    )
+    return optax.join_schedules([warmup, cosine], [cfg_policy.warmup_epochs])
+
+
+def bc_learning_rate(cfg_policy: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Learning rate as a function of the gradient step: constant within an epoch."""
+    per_epoch = bc_epoch_learning_rate(cfg_policy)
+    return lambda step: per_epoch(step // steps_per_epoch)
+
+
+def bc_optimizer(cfg_policy: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW (PyTorch defaults: betas 0.9/0.999, eps 1e-8; decay on every parameter)."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"BC: steps_per_epoch must be >= 1, got {steps_per_epoch} (fewer samples than a batch?)")
+    return optax.adamw(bc_learning_rate(cfg_policy, steps_per_epoch), weight_decay=cfg_policy.weight_decay)
+
+
+def create_bc_state(
+    key: jax.Array, cfg_policy: ml_collections.ConfigDict, cond_dim: int, steps_per_epoch: int
+) -> BCTrainState:
+    init_key, state_key = jax.random.split(key)
+    params = init_denoiser(init_key, cfg_policy, cond_dim)
+    return BCTrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=params,
+        opt_state=bc_optimizer(cfg_policy, steps_per_epoch).init(params),
+        key=state_key,
+    )
+
+
+def ema_after_step(
+    ema_params: dict, params: dict, step: jnp.ndarray, *, steps_per_epoch: int, decay: float, every: int, start: int
+) -> dict:
+    """EMA after gradient step number ``step`` (1-based). At the end of epoch e with ``e % every == 0``:
+    ``ema = params`` if ``e < start`` else ``decay * ema + (1 - decay) * params``; otherwise unchanged."""
+    epoch = step // steps_per_epoch - 1
+    at_update = (step % steps_per_epoch == 0) & (epoch % every == 0)
+    keep_copy = epoch < start
+
+    def leaf(ema, p):
+        averaged = jnp.where(keep_copy, p, decay * ema + (1.0 - decay) * p)
+        return jnp.where(at_update, averaged, ema)
+
+    return jax.tree.map(leaf, ema_params, params)
+
+
+def make_bc_update(cfg_policy: ml_collections.ConfigDict, schedule: DDPMSchedule, steps_per_epoch: int):
+    """Jitted ``update(state, batch: BCBatch) -> (state, {"loss", "lr"})``; one gradient step."""
+    optimizer = bc_optimizer(cfg_policy, steps_per_epoch)
+    learning_rate = bc_learning_rate(cfg_policy, steps_per_epoch)
+
+    @jax.jit
+    def update(state: BCTrainState, batch: BCBatch):
+        key, loss_key = jax.random.split(state.key)
+        loss, grads = jax.value_and_grad(bc_loss)(state.params, schedule, batch.cond, batch.actions, loss_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        ema_params = ema_after_step(
+            state.ema_params, params, step, steps_per_epoch=steps_per_epoch, decay=cfg_policy.ema_decay,
+            every=cfg_policy.ema_every, start=cfg_policy.ema_start,
+        )
+        new_state = BCTrainState(step=step, params=params, ema_params=ema_params, opt_state=opt_state, key=key)
+        return new_state, {"loss": loss, "lr": learning_rate(state.step)}
+
+    return update
