@@ -44,6 +44,8 @@ _DESCRIBE = {_positive: "must be > 0", _non_negative: "must be >= 0", _unit: "mu
 _RULES: dict[str, Callable[[Any], bool]] = {
     "seed": _non_negative,
     "data.image_size": _one_of(64),
+    "data.cache_workers": _positive,
+    "data.cache_chunk_frames": _positive,
     "env.backend": _one_of("playtable", "calvin_env"),
     "env.static_size": _positive,
     "env.gripper_size": _positive,
@@ -54,6 +56,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "collect.workers": _positive,
     "collect.skill_noise": _unit,
     "collect.failure_prob": _unit,
+    "collect.window": _positive,
+    "collect.post_completion_frames": _non_negative,
     "wm.variant": _one_of("vision", "hybrid", "state"),
     "wm.cnn_depth": _positive,
     "wm.deter": _positive,
@@ -234,8 +238,8 @@ def _plain(x: Any) -> Any:
 
 
 def sections(config, names: tuple[str, ...]) -> dict:
-    """The plain-dict view of some top-level sections (what a stage's artifact depends on)."""
-    return {n: _plain(config[n]) for n in names}
+    """The plain-dict view of some sections or single (dotted) keys: what a stage's artifact depends on."""
+    return {n: _plain(_get(config, n)) for n in names}
 
 
 def stage_key(config, purpose: str):

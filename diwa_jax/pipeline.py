@@ -29,7 +29,7 @@ class NotBuiltYet(RuntimeError):
 class Stage:
     name: str
     summary: str
-    depends_on: tuple[str, ...]  # config sections whose values shape the artifact
+    depends_on: tuple[str, ...]  # config sections or dotted keys whose values shape the artifact
     runner: str | None  # "module:function" taking (config); None: not built yet
     issue: int  # the issue that builds it
 
@@ -38,21 +38,24 @@ class Stage:
         return getattr(importlib.import_module(module), func)
 
 
+_COLLECT = ("seed", "collect", "env.static_size", "env.gripper_size", "env.renderer")
+_DATA = _COLLECT + ("data.path", "data.image_size", "data.rot6d")  # what the data set and its cache depend on
+
 STAGES: tuple[Stage, ...] = (
     Stage("collect", "scripted play and expert demos in the embedded play-table",
-          ("seed", "collect", "env"), None, 3),
+          _COLLECT, "diwa_jax.data.collect:collect", 3),
     Stage("world_model", "train the RSSM on play sequences",
-          ("seed", "data", "collect", "wm"), None, 4),
+          _DATA + ("wm",), None, 4),
     Stage("featurize", "the trained RSSM as a filter over every frame",
-          ("seed", "data", "collect", "wm", "featurize"), None, 4),
+          _DATA + ("wm", "featurize"), None, 4),
     Stage("policy", "BC-train the diffusion policy per task",
-          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy"), None, 5),
+          _DATA + ("tasks", "wm", "featurize", "policy"), None, 5),
     Stage("reward", "train the latent success classifier per task",
-          ("seed", "tasks", "data", "collect", "wm", "featurize", "reward"), None, 5),
+          _DATA + ("tasks", "wm", "featurize", "reward"), None, 5),
     Stage("finetune", "PPO on the Dream Diffusion MDP, all in imagination",
-          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy", "reward", "ppo"), None, 6),
+          _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo"), None, 6),
     Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
-          ("seed", "tasks", "data", "collect", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
+          _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
           None, 6),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -49,6 +49,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.collect.workers = 2
     c.collect.skill_noise = 0.3  # play-like variation: speed, approach, hesitation, small errors
     c.collect.failure_prob = 0.1  # fraction of skills deliberately left unfinished
+    c.collect.window = 64  # annotation window length (CALVIN's)
+    c.collect.post_completion_frames = 4  # frames an annotation window runs past the task's completion
 
     # ---- world model (DreamerV2-style RSSM; spec section 2) -----------------------------------
     c.wm = ml_collections.ConfigDict()

@@ -1,0 +1,339 @@
+"""Scripted skills for the 8 DiWA tasks, emitting CALVIN's 7-D relative actions.
+
+A skill is a list of TCP waypoints followed by a proportional controller,
+``a_pos = clip((goal - tcp) / MAX_POS, +-speed)``, like the test waypoints of
+``calvin_conventions.md`` section 6; the orientation is steered to a fixed goal (the neutral TCP
+orientation) the same way, the gripper follows each waypoint's command. ``approach`` waypoints end
+when reached, ``push`` waypoints (the contact phase) also end when the TCP stops making progress (a
+joint limit or a pressed-down button), so the commanded target never builds up much error.
+
+``style`` turns the clean expert into human-like play: slower or faster moves, approach offsets,
+orientation offsets, action noise, hesitations, an open gripper while approaching, and deliberate
+failures (stopping before or partway through the contact phase). ``style=None`` is the clean expert.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diwa_jax.envs import protocol as P
+from diwa_jax.envs.oracle import TASKS
+from diwa_jax.envs.playtable import scene as S
+from diwa_jax.envs.playtable.robot import ARM_LOWER, ARM_UPPER, NEUTRAL_JOINTS, PandaKinematics
+
+NEUTRAL_ORN = np.asarray(P.NEUTRAL_ROBOT_OBS[P.TCP_ORN])
+FINGER_HALF_THICKNESS = 0.0105  # closed fingers, across the spread axis (world y at neutral yaw)
+FINGER_HALF_SPAN = 0.026  # closed fingers, along the spread axis (world x at neutral yaw)
+REACH_TOL = 0.012  # m, an approach waypoint counts as reached
+STALL_STEPS = 4  # a push waypoint ends after this many steps with < STALL_PROGRESS progress
+STALL_PROGRESS = 0.003
+MAX_WAYPOINT_STEPS = 45
+POS_GAIN_DISTANCE = 1.5  # in units of MAX_POS: full speed until the goal is closer than this
+
+
+@dataclass(frozen=True)
+class Style:
+    """Human-play variation of one skill execution (all zeros/ones = the clean expert)."""
+
+    speed: float = 1.0  # action clip (1 = full speed)
+    offset_std: float = 0.0  # m, Gaussian offset of approach waypoints (not of the contact line)
+    orn_std: float = 0.0  # rad, Gaussian offset of the orientation goal
+    action_noise: float = 0.0  # std of Gaussian noise on the position/orientation action parts
+    pause_prob: float = 0.0  # per step, chance to start a hesitation
+    pause_steps: tuple[int, int] = (2, 8)  # hesitation length range
+    open_approach: bool = False  # approach with the gripper open, close before contact
+    fail: bool = False  # deliberately stop before or partway through the contact phase
+
+
+def sample_style(rng: np.random.Generator, noise: float, fail: bool = False) -> Style:
+    """A random play style; ``noise`` in [0, 1] scales all variations (0 = clean expert)."""
+    if noise <= 0:
+        return Style(fail=fail)
+    return Style(
+        speed=float(np.clip(1.0 - noise * rng.uniform(0.0, 1.2), 0.35, 1.0)),
+        offset_std=0.02 * noise,
+        orn_std=0.15 * noise,
+        action_noise=0.3 * noise,
+        pause_prob=0.05 * noise,
+        open_approach=bool(rng.random() < 0.5 * noise),
+        fail=fail,
+    )
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    goal: tuple[float, float, float]  # absolute TCP goal, or an offset from the TCP when relative
+    gripper: float = -1.0
+    push: bool = False  # contact phase: also ends on stall
+    relative: bool = False
+
+
+# ---- per-task waypoints --------------------------------------------------------------------------------
+
+_DRAWER_X = 0.5 * (S.DRAWER_HANDLE_X[0] + S.DRAWER_HANDLE_X[1])
+_DRAWER_Z = 0.5 * (S.DRAWER_HANDLE_Z[0] + S.DRAWER_HANDLE_Z[1])
+_SWITCH_X = 0.5 * (S.SWITCH_HANDLE_X[0] + S.SWITCH_HANDLE_X[1])
+_SWITCH_Z = 0.50  # TCP height on the handle at joint 0 (handle spans 0.478-0.56; the fingers reach up from the TCP)
+_LIFT = (0.0, 0.0, 0.08)
+
+
+def _switch_point(face_y: float, q: float) -> tuple[float, float]:
+    """(y, z) of a handle face point at joint value q (the joint slides up the incline)."""
+    return face_y + q * S.SWITCH_AXIS[1], _SWITCH_Z + q * S.SWITCH_AXIS[2]
+
+
+def _waypoints(task: str, scene_obs: np.ndarray, frac: float, rng: np.random.Generator, offset_std: float) -> list[Waypoint]:
+    """Waypoints of ``task`` from the current scene; ``frac`` < 1 shortens the contact phase."""
+    s = scene_obs
+    jitter = lambda: rng.normal(0.0, offset_std, 3) if offset_std > 0 else np.zeros(3)  # noqa: E731
+    j = jitter()
+    if task in ("open_drawer", "close_drawer"):
+        d = s[P.DRAWER]
+        x = _DRAWER_X + rng.uniform(-0.05, 0.05) + j[0]
+        if task == "open_drawer":  # fingers between the drawer front and the handle bar, pull toward -y
+            y = 0.5 * (S.DRAWER_FRONT_Y + S.DRAWER_HANDLE_Y[1]) - d
+            y_end = y - frac * (P.DRAWER_RANGE[1] + 0.02 - d)
+        else:  # fingers in front of the handle bar, push toward +y
+            y = S.DRAWER_HANDLE_Y[0] - d - FINGER_HALF_THICKNESS - 0.025
+            y_end = y + frac * (d + 0.04)
+        z = _DRAWER_Z + 0.005
+        return [
+            Waypoint((x, y + 0.2 * j[1], 0.50 + j[2])),
+            Waypoint((x, y, z)),
+            Waypoint((x, y_end, z), push=True),
+            Waypoint(_LIFT, relative=True),
+        ]
+    if task in ("move_slider_left", "move_slider_right"):
+        sl = s[P.SLIDER]
+        y = 0.015  # between the handle's front and the door
+        if task == "move_slider_left":  # on the handle's +x side, push toward -x
+            x = S.SLIDE_HANDLE_X[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
+            x_end = x - frac * (P.SLIDER_RANGE[1] + 0.02 - sl)
+        else:
+            x = S.SLIDE_HANDLE_X[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
+            x_end = x + frac * (sl + 0.02)
+        z = 0.55 + rng.uniform(-0.02, 0.02)
+        return [
+            Waypoint((x, -0.06 + j[1], 0.62 + j[2])),
+            Waypoint((x, y, 0.62)),
+            Waypoint((x, y, z)),
+            Waypoint((x_end, y, z), push=True),
+            Waypoint((0.0, -0.07, 0.05), relative=True),
+        ]
+    if task in ("turn_on_lightbulb", "turn_off_lightbulb"):
+        q = s[P.SWITCH]
+        x = _SWITCH_X + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
+        if task == "turn_on_lightbulb":  # behind the TCP: the handle's -y face, push up the incline
+            face = S.SWITCH_HANDLE_Y[0] - FINGER_HALF_THICKNESS - 0.01
+            y0, z0 = _switch_point(face, q)
+            y1, z1 = _switch_point(face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
+            above = (x, y0 - 0.03 + 0.3 * j[1], 0.60 + j[2])
+            retreat = (0.0, -0.06, 0.06)
+        else:  # the handle's +y face, push down the incline
+            face = S.SWITCH_HANDLE_Y[1] + FINGER_HALF_THICKNESS + 0.01
+            y0, z0 = _switch_point(face, q)
+            y1, z1 = _switch_point(face, q - frac * (q + 0.02))
+            y0 += 0.01
+            # From the -x side at the handle's height: above the handle is at the edge of the reach.
+            above = (x - 0.08 + 0.3 * j[0], y0 + 0.3 * abs(j[1]), z0 + 0.02 + abs(j[2]))
+            retreat = (0.0, 0.0, 0.08)
+        return [
+            Waypoint(above),
+            Waypoint((x, y0, z0)),
+            Waypoint((x, y1, z1), push=True),
+            Waypoint(retreat, relative=True),
+        ]
+    if task in ("turn_on_led", "turn_off_led"):
+        bx, by = S.BUTTON_XY
+        x, y = bx + 0.3 * j[0], by + 0.3 * j[1]
+        z_press = S.BUTTON_TOP_Z - 0.032 if frac >= 1 else S.BUTTON_TOP_Z - 0.004
+        return [
+            Waypoint((x, y, 0.56 + j[2])),
+            Waypoint((x, y, z_press), push=True),
+            Waypoint((x, y, 0.56)),
+        ]
+    raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
+
+
+def precondition(task: str, scene_obs: np.ndarray) -> bool:
+    """True when ``task`` is not done yet and can succeed from this scene (e.g. the drawer is not open)."""
+    s = np.asarray(scene_obs)
+    checks = {
+        "open_drawer": s[P.DRAWER] < P.DRAWER_RANGE[1] - 0.13,
+        "close_drawer": s[P.DRAWER] > 0.13,
+        "move_slider_left": s[P.SLIDER] < P.SLIDER_RANGE[1] - 0.16,
+        "move_slider_right": s[P.SLIDER] > 0.16,
+        "turn_on_lightbulb": s[P.LIGHTBULB] < 0.5,
+        "turn_off_lightbulb": s[P.LIGHTBULB] > 0.5,
+        "turn_on_led": s[P.LED] < 0.5,
+        "turn_off_led": s[P.LED] > 0.5,
+    }
+    if task not in checks:
+        raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
+    return bool(checks[task])
+
+
+class WaypointSkill:
+    """Follows waypoints with a proportional controller; ``act(obs)`` until ``finished``."""
+
+    def __init__(self, waypoints: list[Waypoint], rng: np.random.Generator, style: Style, orn_goal: np.ndarray):
+        self._waypoints = waypoints
+        self._rng = rng
+        self._style = style
+        self._orn_goal = orn_goal
+        self._index = 0
+        self._goal: np.ndarray | None = None
+        self._steps = 0
+        self._history: list[float] = []
+        self._pause = 0
+        self.finished = not waypoints
+
+    def _activate(self, tcp: np.ndarray) -> None:
+        w = self._waypoints[self._index]
+        self._goal = tcp + np.asarray(w.goal) if w.relative else np.asarray(w.goal, dtype=np.float64)
+        self._steps = 0
+        self._history = []
+
+    def _advance_if_done(self, tcp: np.ndarray) -> None:
+        while not self.finished:
+            if self._goal is None:
+                self._activate(tcp)
+            w = self._waypoints[self._index]
+            dist = float(np.linalg.norm(self._goal - tcp))
+            self._history.append(dist)
+            stalled = w.push and len(self._history) > STALL_STEPS and self._history[-1 - STALL_STEPS] - dist < STALL_PROGRESS
+            if dist > REACH_TOL and not stalled and self._steps < MAX_WAYPOINT_STEPS:
+                return
+            self._index += 1
+            self._goal = None
+            self.finished = self._index >= len(self._waypoints)
+
+    def act(self, obs: P.Obs) -> np.ndarray:
+        """The next 7-D relative action (gripper exactly +-1)."""
+        robot = obs[P.ROBOT_OBS]
+        tcp, orn = robot[P.TCP_POS], robot[P.TCP_ORN]
+        self._advance_if_done(tcp)
+        if self.finished:
+            return np.array([0, 0, 0, 0, 0, 0, robot[P.GRIPPER_ACTION]], dtype=np.float64)
+        w = self._waypoints[self._index]
+        gripper = w.gripper
+        if self._style.open_approach and not w.push and not w.relative and self._index + 1 < len(self._waypoints) and not self._waypoints[self._index + 1].push:
+            gripper = 1.0
+        style = self._style
+        if self._pause == 0 and style.pause_prob > 0 and self._rng.random() < style.pause_prob:
+            self._pause = int(self._rng.integers(style.pause_steps[0], style.pause_steps[1] + 1))
+        if self._pause > 0:
+            self._pause -= 1
+            return np.array([0, 0, 0, 0, 0, 0, gripper], dtype=np.float64)
+        self._steps += 1
+        # Proportional with the speed limit on the vector norm: the arm tracks 0.02 m/step along one
+        # axis but lags far behind per-axis saturation on a diagonal (the target then overshoots).
+        pos = (self._goal - tcp) / (P.MAX_POS * POS_GAIN_DISTANCE)
+        pos = pos * min(1.0, style.speed / max(float(np.linalg.norm(pos)), 1e-9))
+        rot = np.clip(P.wrap_to_pi(self._orn_goal - orn) / P.MAX_ORN, -style.speed, style.speed)
+        motion = np.concatenate([pos, rot])
+        if style.action_noise > 0:
+            motion = motion + self._rng.normal(0.0, style.action_noise, 6)
+        return np.concatenate([np.clip(motion, -1.0, 1.0), [gripper]])
+
+
+def _build(task: str, obs: P.Obs, rng: np.random.Generator, style: Style, frac: float) -> WaypointSkill:
+    waypoints = _waypoints(task, np.asarray(obs[P.SCENE_OBS]), frac, rng, style.offset_std)
+    if frac == 0.0:  # give up before contact, somewhere on the approach
+        waypoints = [w for w in waypoints if not w.push][: int(rng.integers(1, 3))]
+    orn_goal = NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
+    return WaypointSkill(waypoints, rng, style, orn_goal)
+
+
+def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
+    """A skill for ``task`` from the current observation; raises if the task is already done/impossible."""
+    scene_obs = np.asarray(obs[P.SCENE_OBS])
+    if not precondition(task, scene_obs):
+        raise ValueError(f"make_skill: precondition of {task!r} does not hold for scene_obs[:6] = {scene_obs[:6]}")
+    style = style or Style()
+    frac = 1.0
+    if style.fail:
+        # Deliberate failure: stop before contact, or push only a part of the needed way.
+        frac = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.1, 0.4))
+    return _build(task, obs, rng, style, frac)
+
+
+NUDGE_ROOM = {  # task -> (scene_obs index, sign of its motion, limit it moves toward)
+    "open_drawer": (P.DRAWER, 1.0, P.DRAWER_RANGE[1]),
+    "close_drawer": (P.DRAWER, -1.0, P.DRAWER_RANGE[0]),
+    "move_slider_left": (P.SLIDER, 1.0, P.SLIDER_RANGE[1]),
+    "move_slider_right": (P.SLIDER, -1.0, P.SLIDER_RANGE[0]),
+}
+
+
+def nudge_tasks(scene_obs: np.ndarray) -> list[str]:
+    """Door/drawer motions with at least 3 cm of room left (done or not)."""
+    s = np.asarray(scene_obs)
+    return [t for t, (i, sign, limit) in NUDGE_ROOM.items() if sign * (limit - s[i]) > 0.03]
+
+
+def nudge_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
+    """Moves the drawer or door part of the way (20-80 % of the room left), whatever the task state.
+
+    Play needs these: a door left between the thresholds (e.g. the slider at 0.14 m) admits neither
+    of its tasks until something moves it.
+    """
+    if task not in nudge_tasks(obs[P.SCENE_OBS]):
+        raise ValueError(f"nudge_skill: {task!r} has no room to move in scene_obs[:2] = {np.asarray(obs[P.SCENE_OBS])[:2]}")
+    return _build(task, obs, rng, style or Style(), float(rng.uniform(0.2, 0.8)))
+
+
+def free_motion(rng: np.random.Generator, style: Style | None = None, n_waypoints: int = 1) -> WaypointSkill:
+    """Random moves through the free workspace above the table (play between tasks)."""
+    style = style or Style()
+    waypoints = [
+        Waypoint(
+            (rng.uniform(-0.25, 0.25), rng.uniform(-0.35, -0.08), rng.uniform(0.52, 0.68)),
+            gripper=float(rng.choice([-1.0, 1.0])),
+        )
+        for _ in range(n_waypoints)
+    ]
+    orn_goal = NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
+    return WaypointSkill(waypoints, rng, style, orn_goal)
+
+
+# ---- start states ------------------------------------------------------------------------------------
+
+_KINEMATICS: PandaKinematics | None = None
+START_JOINT_STD = 0.12  # rad, noise on CALVIN's neutral joints
+START_TCP_BOX = ((-0.15, 0.15), (-0.34, -0.12), (0.53, 0.66))  # clear of desk, blocks and cabinet
+
+_TASK_SCENE = {
+    "open_drawer": lambda r: {"drawer": r.uniform(0.0, 0.08)},
+    "close_drawer": lambda r: {"drawer": r.uniform(0.15, P.DRAWER_RANGE[1])},
+    "move_slider_left": lambda r: {"slider": r.uniform(0.0, 0.10)},
+    "move_slider_right": lambda r: {"slider": r.uniform(0.18, P.SLIDER_RANGE[1])},
+    "turn_on_lightbulb": lambda r: {"lightbulb": 0.0},
+    "turn_off_lightbulb": lambda r: {"lightbulb": 1.0},
+    "turn_on_led": lambda r: {"led": 0.0},
+    "turn_off_led": lambda r: {"led": 1.0},
+}
+
+
+def sample_robot_obs(rng: np.random.Generator) -> np.ndarray:
+    """A random robot state near CALVIN's neutral one (joint noise, TCP kept in a free box)."""
+    global _KINEMATICS
+    if _KINEMATICS is None:
+        _KINEMATICS = PandaKinematics()
+    for _ in range(1000):
+        joints = np.clip(NEUTRAL_JOINTS + rng.normal(0.0, START_JOINT_STD, 7), ARM_LOWER, ARM_UPPER)
+        pos, orn = _KINEMATICS.tcp_pose(joints)
+        if all(lo <= v <= hi for v, (lo, hi) in zip(pos, START_TCP_BOX)):
+            gripper = float(rng.choice([-1.0, 1.0]))
+            width = 2 * 0.04 if gripper > 0 else 0.0
+            return np.concatenate([pos, orn, [width], joints, [gripper]])
+    raise RuntimeError("sample_robot_obs: no joint sample put the TCP inside START_TCP_BOX")
+
+
+def sample_start_state(task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``(robot_obs, scene_obs)`` from which ``task`` is not done yet (other parts random)."""
+    if task not in _TASK_SCENE:
+        raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
+    scene_obs = S.sample_scene_obs(rng, **_TASK_SCENE[task](rng))
+    return sample_robot_obs(rng), scene_obs

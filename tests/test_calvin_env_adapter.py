@@ -1,0 +1,202 @@
+"""calvin_env adapter against a fake calvin_env package (and the real one where it is installed)."""
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diwa_jax.envs import calvin_env as adapter_module
+from diwa_jax.envs.calvin_env import CalvinEnvAdapter
+
+NEUTRAL_ROBOT_OBS = np.array([0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
+                              -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0])
+
+# A conf tree shaped like calvin_env's: defaults with no cameras, VR on and colorlog job logging.
+CONF = {
+    "config_data_collection.yaml": """
+defaults:
+  - cameras: no_cameras
+  - env: play_table_env
+  - scene: calvin_scene_D_eval
+  - robot: panda
+  - override hydra/job_logging: colorlog
+  - _self_
+seed: 0
+use_vr: true
+""",
+    "env/play_table_env.yaml": """
+_target_: calvin_env.envs.play_table_env.PlayTableSimEnv
+_recursive_: false
+robot_cfg: ${robot}
+seed: ${seed}
+use_vr: ${use_vr}
+bullet_time_step: 240.0
+cameras: ${cameras}
+show_gui: false
+scene_cfg: ${scene}
+use_scene_info: false
+use_egl: true
+control_freq: 30
+""",
+    "cameras/no_cameras.yaml": "{}\n",
+    "cameras/static_and_gripper.yaml": "static: {width: 200}\ngripper: {width: 84}\n",
+    "cameras/all.yaml": "static: {width: 200}\ngripper: {width: 84}\ntactile: {width: 120}\n",
+    "scene/calvin_scene_D.yaml": "name: D\n",
+    "scene/calvin_scene_D_eval.yaml": "name: D_eval\n",
+    "robot/panda.yaml": "name: panda\n",
+    "robot/panda_longer_finger.yaml": "name: panda_longer_finger\n",
+}
+
+
+class FakePlayTableSimEnv:
+    """Records how it was built and called; asserts the gripper like calvin_env does."""
+
+    def __init__(self, robot_cfg, seed, use_vr, bullet_time_step, cameras, show_gui, scene_cfg, use_scene_info,
+                 use_egl, control_freq=30):
+        module = sys.modules["calvin_env.envs.play_table_env"]
+        self.commit = module.get_git_commit_hash(Path(module.__file__))
+        self.config = dict(robot=robot_cfg["name"], seed=seed, use_vr=use_vr, cameras=set(cameras), scene=scene_cfg["name"],
+                           use_scene_info=use_scene_info, use_egl=use_egl)
+        self.resets, self.actions, self.closed = [], [], False
+        module.instances.append(self)
+
+    def _obs(self):
+        rng = np.random.default_rng(len(self.actions))
+        return {
+            "rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3)).astype(np.uint8),
+                        "rgb_gripper": rng.integers(0, 256, (84, 84, 3)).astype(np.uint8)},
+            "depth_obs": {"depth_static": np.zeros((200, 200), np.float32), "depth_gripper": np.zeros((84, 84), np.float32)},
+            "robot_obs": NEUTRAL_ROBOT_OBS.astype(np.float32),  # float32 in, float64 out
+            "scene_obs": np.arange(24.0),
+        }
+
+    def reset(self, robot_obs=None, scene_obs=None):
+        self.resets.append((robot_obs, scene_obs))
+        return self._obs()
+
+    def step(self, action):
+        assert action[-1] in (-1, 1), "gripper action must be -1 or 1"
+        self.actions.append(np.array(action))
+        return self._obs(), 0, False, {"scene_info": {"lights": {}}}
+
+    def close(self):
+        self.closed = True
+
+
+def _not_a_checkout(path):
+    raise RuntimeError(f"InvalidGitRepositoryError: {path}")
+
+
+@pytest.fixture
+def fake_calvin_env(tmp_path, monkeypatch):
+    """Injects calvin_env, calvin_env.envs and calvin_env.envs.play_table_env into sys.modules."""
+    for name, text in CONF.items():
+        (tmp_path / "conf" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "conf" / name).write_text(text)
+    package = types.ModuleType("calvin_env")
+    package.__file__ = str(tmp_path / "calvin_env" / "__init__.py")  # conf/ is beside the package
+    package.__path__ = [str(tmp_path / "calvin_env")]
+    envs = types.ModuleType("calvin_env.envs")
+    envs.__path__ = []
+    play_table_env = types.ModuleType("calvin_env.envs.play_table_env")
+    play_table_env.__file__ = str(tmp_path / "calvin_env" / "envs" / "play_table_env.py")
+    play_table_env.PlayTableSimEnv = FakePlayTableSimEnv
+    play_table_env.get_git_commit_hash = _not_a_checkout
+    play_table_env.instances = []
+    package.envs, envs.play_table_env = envs, play_table_env
+    for module in (package, envs, play_table_env):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return play_table_env
+
+
+def test_missing_package_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "calvin_env", None)  # makes `import calvin_env` fail
+    with pytest.raises(ImportError) as info:
+        CalvinEnvAdapter()
+    msg = str(info.value)
+    assert "never `pip install calvin`" in msg and "git clone --recursive" in msg
+    assert "pip install -e calvin_env" in msg and "diwa-jax[calvin]" in msg
+
+
+def test_construction_overrides_and_git_hash_workaround(fake_calvin_env):
+    adapter = CalvinEnvAdapter(use_egl=False, seed=5)
+    (env,) = fake_calvin_env.instances
+    assert env.config == dict(robot="panda_longer_finger", seed=5, use_vr=False, cameras={"static", "gripper"},
+                              scene="D", use_scene_info=True, use_egl=False)
+    assert env.commit == "not-a-git-checkout"
+    assert fake_calvin_env.get_git_commit_hash is _not_a_checkout  # restored after construction
+    CalvinEnvAdapter(use_egl=True)
+    assert fake_calvin_env.instances[1].config["use_egl"] is True
+    adapter.close()
+    assert env.closed
+
+
+def test_missing_conf_dir(fake_calvin_env, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config_data_collection.yaml"):
+        CalvinEnvAdapter(conf_dir=tmp_path / "nowhere")
+
+
+def test_obs_flattening_and_gripper_binarisation(fake_calvin_env):
+    adapter = CalvinEnvAdapter(use_egl=False)
+    env = fake_calvin_env.instances[0]
+    obs = adapter.reset(robot_obs=NEUTRAL_ROBOT_OBS)
+    assert set(obs) == {"rgb_static", "rgb_gripper", "robot_obs", "scene_obs"}
+    assert obs["rgb_static"].shape == (200, 200, 3) and obs["rgb_gripper"].shape == (84, 84, 3)
+    assert obs["robot_obs"].dtype == np.float64 and obs["scene_obs"].shape == (24,)
+    np.testing.assert_allclose(obs["robot_obs"], NEUTRAL_ROBOT_OBS, rtol=1e-6)
+    np.testing.assert_array_equal(env.resets[0][0], NEUTRAL_ROBOT_OBS)
+    assert env.resets[0][1] is None
+    for gripper, sent in [(0.3, 1.0), (-0.2, -1.0), (0.0, 1.0), (-1.0, -1.0), (1.7, 1.0)]:
+        action = np.array([0.1, -0.2, 0.3, -0.4, 0.5, -0.6, gripper], np.float32)
+        obs, info = adapter.step(action)
+        np.testing.assert_allclose(env.actions[-1][:6], action[:6])
+        assert env.actions[-1][6] == sent and action[6] == np.float32(gripper)  # the caller's array is untouched
+        assert set(obs) == {"rgb_static", "rgb_gripper", "robot_obs", "scene_obs"} and "scene_info" in info
+    with pytest.raises(ValueError, match="7-D"):
+        adapter.step(np.zeros(6))
+
+
+@pytest.mark.parametrize("switch, bulb, sent", [(0.02, 1.0, 0.088), (0.06, 0.0, 0.0), (0.01, 0.0, 0.01), (0.088, 1.0, 0.088)])
+def test_lightbulb_switch_consistency_on_reset(fake_calvin_env, switch, bulb, sent):
+    adapter = CalvinEnvAdapter(use_egl=False)
+    scene = np.zeros(24)
+    scene[3], scene[4] = switch, bulb
+    adapter.reset(scene_obs=scene)
+    got = fake_calvin_env.instances[0].resets[0][1]
+    assert got[3] == sent and got[4] == bulb and scene[3] == switch
+    np.testing.assert_array_equal(np.delete(got, 3), np.delete(scene, 3))
+
+
+def test_colorlog_fallback_matches_installation():
+    colorlog = importlib.util.find_spec("hydra_plugins") is not None and \
+        importlib.util.find_spec("hydra_plugins.hydra_colorlog") is not None
+    overrides = adapter_module.calvin_env_overrides(use_egl=True)
+    assert ("hydra/job_logging=default" in overrides) != colorlog
+    assert overrides[:6] == ["cameras=static_and_gripper", "scene=calvin_scene_D", "robot=panda_longer_finger",
+                             "use_vr=false", "env.use_egl=true", "env.use_scene_info=true"]
+
+
+def _real_calvin_env_reason():
+    try:
+        import calvin_env  # noqa: F401
+    except Exception as e:
+        return f"calvin_env not importable ({type(e).__name__}); install it to run the real-simulator test"
+    return ""
+
+
+@pytest.mark.skipif(bool(_real_calvin_env_reason()), reason=_real_calvin_env_reason() or "installed")
+def test_real_calvin_env():
+    adapter = CalvinEnvAdapter(use_egl=False, seed=0)
+    try:
+        scene = np.zeros(24)
+        scene[3:5] = [0.0, 1.0]  # bulb on with the switch down: the adapter raises the switch
+        obs = adapter.reset(robot_obs=NEUTRAL_ROBOT_OBS, scene_obs=scene)
+        assert obs["rgb_static"].shape == (200, 200, 3) and obs["rgb_gripper"].shape == (84, 84, 3)
+        np.testing.assert_allclose(obs["robot_obs"][:6], NEUTRAL_ROBOT_OBS[:6], atol=1e-3)
+        obs, info = adapter.step(np.array([0, 0, 0, 0, 0, 0, 0.4]))
+        assert obs["scene_obs"][4] == 1 and obs["scene_obs"][3] > 0.044
+        assert "scene_info" in info and "robot_info" in info
+    finally:
+        adapter.close()
