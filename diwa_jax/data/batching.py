@@ -67,22 +67,30 @@ class SequenceSampler:
 
     def sample(self, step: int) -> dict[str, np.ndarray]:
         rows, fresh = self.rows(step)
-        b, t = rows.shape
-        flat = rows.reshape(-1)
-        at_start = self._segment_start[rows]
-        random_reset = _rng(self.seed, _RESETS, step).random((b, t)) < self.reset_prob
-        prev_action = np.asarray(self.cache.rel_actions[(flat - 1) % len(self.cache)], np.float32).reshape(b, t, -1)
-        prev_action[at_start] = RESET_ACTION
-        gather = lambda a: np.asarray(a[flat]).reshape(b, t, *a.shape[1:])
-        return {
-            "rgb_static": gather(self.cache.rgb_static),
-            "rgb_gripper": gather(self.cache.rgb_gripper),
-            "proprio": gather(self.cache.proprio),
-            "state": gather(self.cache.state),
-            "prev_action": prev_action,
-            "reset": at_start | fresh | random_reset,
-            "rows": rows,
-        }
+        batch = model_inputs(self.cache, rows, self._segment_start)
+        random_reset = _rng(self.seed, _RESETS, step).random(rows.shape) < self.reset_prob
+        batch["reset"] = batch["reset"] | fresh | random_reset
+        batch["rows"] = rows
+        return batch
+
+
+def model_inputs(cache: Cache, rows: np.ndarray, segment_start: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """What the world model reads at cache ``rows`` (any shape): both cameras, proprio, state, the
+    action that led into each frame (``RESET_ACTION`` at segment starts) and resets at segment starts."""
+    segment_start = cache.segment_start if segment_start is None else segment_start
+    flat = rows.reshape(-1)
+    at_start = segment_start[rows]
+    prev_action = np.asarray(cache.rel_actions[(flat - 1) % len(cache)], np.float32).reshape(*rows.shape, -1)
+    prev_action[at_start] = RESET_ACTION
+    gather = lambda a: np.asarray(a[flat]).reshape(*rows.shape, *a.shape[1:])  # noqa: E731
+    return {
+        "rgb_static": gather(cache.rgb_static),
+        "rgb_gripper": gather(cache.rgb_gripper),
+        "proprio": gather(cache.proprio),
+        "state": gather(cache.state),
+        "prev_action": prev_action,
+        "reset": at_start,
+    }
 
 
 def task_windows(split: CalvinSplit, cache: Cache, task: str) -> np.ndarray:

@@ -6,7 +6,8 @@ Files are written once per content hash into a cache folder (``$DIWA_JAX_CACHE``
 The Panda is derived from ``pybullet_data/franka_panda/panda.urdf`` (Apache-2.0; its LICENSE.txt is
 copied beside the derived file). Changes: visual meshes are the low-poly collision meshes (material
 libraries stripped, colours set at run time), the fingers are stretched 1.5x along their length so the
-fingertips reach 0.14 m below the hand like CALVIN's longer-finger Panda, and two fixed frames are
+fingertips reach 0.14 m below the hand like CALVIN's longer-finger Panda, their soft contact
+stiffness/damping is removed (rigid contacts), and two fixed frames are
 added: ``tcp`` 0.14 m below ``panda_hand`` and ``gripper_cam`` (``calvin_conventions.md`` section 5).
 """
 from __future__ import annotations
@@ -62,15 +63,12 @@ def _panda_urdf_text(visual_dir: Path) -> str:
     text = (PANDA_DIR / "panda.urdf").read_text()
     collision_dir = PANDA_DIR / "meshes" / "collision"
 
-    def visual_mesh(match: re.Match) -> str:
-        return f'filename="{visual_dir / (match.group(1) + ".obj")}"'
-
     # Visuals become the stripped low-poly copies; collisions keep pybullet_data's meshes.
-    text = re.sub(r'filename="package://meshes/visual/(\w+)\.obj"', visual_mesh, text)
     text = re.sub(
-        r'(<visual>\s*<geometry>\s*)<mesh filename="package://meshes/collision/(\w+)\.obj"/>',
-        lambda m: f'{m.group(1)}<mesh filename="{visual_dir / (m.group(2) + ".obj")}"/>',
+        r'(<visual>.*?<mesh filename=")package://meshes/(?:visual|collision)/(\w+\.obj)"',
+        lambda m: f'{m.group(1)}{visual_dir / m.group(2)}"',
         text,
+        flags=re.S,
     )
     text = text.replace('filename="package://meshes/collision/', f'filename="{collision_dir}/')
     text = text.replace(
@@ -92,9 +90,12 @@ def _panda_urdf_text(visual_dir: Path) -> str:
 </robot>"""
     notice = (
         "<!-- Derived from pybullet_data/franka_panda/panda.urdf, Apache License 2.0 (LICENSE.txt in this\n"
-        "     folder). Modified by diwa_jax: low-poly visuals, fingers stretched 1.5x, tcp and gripper_cam\n"
-        "     frames added. -->\n"
+        "     folder). Modified by diwa_jax: low-poly visuals, fingers stretched 1.5x with rigid contacts,\n"
+        "     tcp and gripper_cam frames added. -->\n"
     )
+    # The stock fingers have soft contacts (stiffness 3e4 N/m) that let a pressing arm sink 2 cm into
+    # the table; rigid contacts keep fingertips on surfaces.
+    text = re.sub(r"\s*<stiffness value=\"[0-9.]+\"/>\s*<damping value=\"[0-9.]+\"/>", "", text)
     text = text.replace("</robot>", extra_frames)
     return text.replace('<robot name="panda"', notice + '<robot name="panda"', 1)
 
@@ -103,7 +104,9 @@ def panda_urdf() -> Path:
     """Path of the derived low-poly longer-finger Panda URDF (generated on first use)."""
     collision_dir = PANDA_DIR / "meshes" / "collision"
     meshes = {p.name: _strip_materials(p.read_text()) for p in sorted(collision_dir.glob("*.obj"))}
-    folder = _hashed_dir("panda", "".join(meshes.values()) + (PANDA_DIR / "panda.urdf").read_text() + str(TCP_OFFSET))
+    placeholder = "@VISUAL_DIR@"
+    template = _panda_urdf_text(Path(placeholder))
+    folder = _hashed_dir("panda", "".join(meshes.values()) + template)
     visual_dir = folder / "visual"
     visual_dir.mkdir(exist_ok=True)
     for name, text in meshes.items():
@@ -112,7 +115,7 @@ def panda_urdf() -> Path:
     if not license_path.exists():
         shutil.copyfile(PANDA_DIR / "LICENSE.txt", license_path)
     urdf = folder / "panda_low_poly.urdf"
-    _write_atomic(urdf, _panda_urdf_text(visual_dir))
+    _write_atomic(urdf, template.replace(placeholder, str(visual_dir)))
     return urdf
 
 

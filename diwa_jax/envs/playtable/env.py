@@ -14,7 +14,7 @@ import numpy as np
 import pybullet
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.playtable.cameras import Cameras
+from diwa_jax.envs.playtable.cameras import RENDERERS, Cameras
 from diwa_jax.envs.playtable.robot import Panda
 from diwa_jax.envs.playtable.scene import Scene, sample_scene_obs
 
@@ -51,15 +51,22 @@ class PlayTable:
     """
 
     def __init__(self, static_size: int = 200, gripper_size: int = 84, renderer: str = "tiny", seed: int = 0, render: bool = True):
+        if render and renderer not in RENDERERS:
+            raise ValueError(f"PlayTable: unknown renderer {renderer!r}; choose one of {RENDERERS}")
         self._p = _Client()
-        self._p.setGravity(0, 0, -9.81)
-        self._p.setTimeStep(1.0 / PHYSICS_HZ)
-        # Sorted contact pairs: without it the solver order depends on the history before a reset, so
-        # the same reset state and actions could give (slightly) different trajectories.
-        self._p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
-        self.robot = Panda(self._p)  # before the scene: it occludes the desk in both cameras
-        self.scene = Scene(self._p)
-        self.cameras = Cameras(self._p, static_size, gripper_size, renderer) if render else None
+        try:
+            self._p.setGravity(0, 0, -9.81)
+            self._p.setTimeStep(1.0 / PHYSICS_HZ)
+            # Sorted contact pairs: without it the solver order depends on the history before a reset,
+            # so the same reset state and actions could give (slightly) different trajectories.
+            self._p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
+            # The cameras first: the EGL plugin only sees bodies created after it is loaded.
+            self.cameras = Cameras(self._p, static_size, gripper_size, renderer) if render else None
+            self.robot = Panda(self._p)  # before the scene: it occludes the desk in both cameras
+            self.scene = Scene(self._p)
+        except Exception:
+            self._p.disconnect()
+            raise
         self._rng = np.random.default_rng(seed)
         self.reset()
 

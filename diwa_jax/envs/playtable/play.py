@@ -41,10 +41,12 @@ class PlayFrame:
 
     obs: the observation before the action. rel_action: the 7-D relative action applied (CALVIN's
     ``rel_actions``). actions_abs: CALVIN's ``actions``: the absolute TCP target of the next frame
-    (xyz, Euler wrapped to [-pi, pi), gripper +-1), i.e. the env's commanded target after this action.
-    completed: tasks whose success first holds at this frame since the current activity began.
-    activity: the current activity: a task name, ``nudge:<task>`` (a partial door/drawer move),
-    ``free`` or ``pause``.
+    (xyz, Euler wrapped to [-pi, pi), gripper +-1), i.e. the env's commanded target after this action;
+    ``abs_to_rel(actions_abs, robot_obs)`` differs from ``rel_action`` by the arm's tracking lag.
+    activity: what produces this frame's action: a task name, ``nudge:<task>`` (a partial door or
+    drawer move), ``free`` or ``pause``; segment: its running number.
+    completed: tasks whose predicate first holds at this ``obs``, judged against the scene at the
+    first frame of the activity whose actions led to it (the previous frame's segment).
     """
 
     obs: P.Obs
@@ -52,6 +54,7 @@ class PlayFrame:
     actions_abs: np.ndarray
     completed: tuple[str, ...]
     activity: str
+    segment: int
 
 
 class _Pause:
@@ -94,7 +97,7 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
     if not 0.0 <= failure_prob <= 1.0:
         raise ValueError(f"play_stream: failure_prob must be in [0, 1], got {failure_prob}")
     obs = env.reset(sample_robot_obs(rng), sample_scene_obs(rng))
-    activity, name = None, ""
+    activity, name, segment = None, "", -1
     start_scene = obs[P.SCENE_OBS].copy()
     done = np.zeros(len(TASKS), dtype=bool)
     for _ in range(n_frames):
@@ -105,6 +108,7 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
         while action is None:
             if activity is None or activity.finished:
                 name, activity = _next_activity(obs, rng, noise, failure_prob)
+                segment += 1
                 start_scene = obs[P.SCENE_OBS].copy()
                 done[:] = False
             action = activity.act(obs)
@@ -112,5 +116,5 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
                 action = None  # it ended on this observation: start the next activity now
         actions_abs = P.rel_to_abs(action, env.target_pose)
         next_obs, _ = env.step(action)
-        yield PlayFrame(obs, action, actions_abs, completed, name)
+        yield PlayFrame(obs, action, actions_abs, completed, name, segment)
         obs = next_obs

@@ -112,7 +112,7 @@ def _scene_links() -> tuple[Link, ...]:
             box((CABINET_X[0], CABINET_Y[0], CABINET_TOP_Z - 0.02), (CABINET_X[1], y1, CABINET_TOP_Z), LIGHT),
             # button housing and switch rail
             box((BUTTON_XY[0] - 0.035, BUTTON_XY[1] - 0.035, top), (BUTTON_XY[0] + 0.035, BUTTON_XY[1] + 0.035, top + 0.01), LIGHT),
-            box((0.22, -0.17, top), (0.28, -0.02, top + 0.015), METAL),
+            box((SWITCH_HANDLE_X[0] - 0.015, SWITCH_HANDLE_Y[0] - 0.03, top), (SWITCH_HANDLE_X[1] + 0.015, SWITCH_HANDLE_Y[1] + 0.10, top + 0.015), METAL),
             # robot pedestal (visual only)
             box((ROBOT_BASE_POS[0] - 0.09, ROBOT_BASE_POS[1] - 0.09, 0.0), (ROBOT_BASE_POS[0] + 0.09, ROBOT_BASE_POS[1] + 0.09, ROBOT_BASE_POS[2]), METAL, collide=False),
         ),

@@ -1,11 +1,12 @@
 """Scripted skills for the 8 DiWA tasks, emitting CALVIN's 7-D relative actions.
 
-A skill is a list of TCP waypoints followed by a proportional controller,
-``a_pos = clip((goal - tcp) / MAX_POS, +-speed)``, like the test waypoints of
-``calvin_conventions.md`` section 6; the orientation is steered to a fixed goal (the neutral TCP
-orientation) the same way, the gripper follows each waypoint's command. ``approach`` waypoints end
-when reached, ``push`` waypoints (the contact phase) also end when the TCP stops making progress (a
-joint limit or a pressed-down button), so the commanded target never builds up much error.
+A skill is a list of TCP waypoints followed by a proportional controller like the test waypoints
+of ``calvin_conventions.md`` section 6, ``a_pos = (goal - tcp) / (1.5 MAX_POS)`` with its norm
+limited to the style's speed; the orientation is steered to a fixed goal (the neutral TCP
+orientation, ``clip(wrap(goal - orn) / MAX_ORN)``), the gripper follows each waypoint's command.
+Approach waypoints end when reached and the TCP has slowed down, ``push`` waypoints (the contact
+phase) also end when the TCP stops making progress (a joint limit, a pressed-down button), so the
+commanded target never builds up much error.
 
 ``style`` turns the clean expert into human-like play: slower or faster moves, approach offsets,
 orientation offsets, action noise, hesitations, an open gripper while approaching, and deliberate
@@ -13,6 +14,7 @@ failures (stopping before or partway through the contact phase). ``style=None`` 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,15 +22,17 @@ import numpy as np
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.oracle import TASKS
 from diwa_jax.envs.playtable import scene as S
-from diwa_jax.envs.playtable.robot import ARM_LOWER, ARM_UPPER, NEUTRAL_JOINTS, PandaKinematics
+from diwa_jax.envs.playtable.robot import ARM_LOWER, ARM_UPPER, FINGER_OPEN, NEUTRAL_JOINTS, PandaKinematics
 
 NEUTRAL_ORN = np.asarray(P.NEUTRAL_ROBOT_OBS[P.TCP_ORN])
 FINGER_HALF_THICKNESS = 0.0105  # closed fingers, across the spread axis (world y at neutral yaw)
 FINGER_HALF_SPAN = 0.026  # closed fingers, along the spread axis (world x at neutral yaw)
-REACH_TOL = 0.012  # m, an approach waypoint counts as reached
+REACH_TOL = 0.012  # m, an approach waypoint counts as reached ...
+SETTLE_MOTION = 0.005  # m/step, ... once the TCP has also slowed down (the commanded target leads it)
 STALL_STEPS = 4  # a push waypoint ends after this many steps with < STALL_PROGRESS progress
 STALL_PROGRESS = 0.003
 MAX_WAYPOINT_STEPS = 45
+FAIL_FRACTION = (0.05, 0.3)  # share of the contact phase a failing skill performs (below every threshold)
 POS_GAIN_DISTANCE = 1.5  # in units of MAX_POS: full speed until the goal is closer than this
 
 
@@ -86,8 +90,7 @@ def _switch_point(face_y: float, q: float) -> tuple[float, float]:
 def _waypoints(task: str, scene_obs: np.ndarray, frac: float, rng: np.random.Generator, offset_std: float) -> list[Waypoint]:
     """Waypoints of ``task`` from the current scene; ``frac`` < 1 shortens the contact phase."""
     s = scene_obs
-    jitter = lambda: rng.normal(0.0, offset_std, 3) if offset_std > 0 else np.zeros(3)  # noqa: E731
-    j = jitter()
+    j = rng.normal(0.0, offset_std, 3) if offset_std > 0 else np.zeros(3)  # approach offsets
     if task in ("open_drawer", "close_drawer"):
         d = s[P.DRAWER]
         x = _DRAWER_X + rng.uniform(-0.05, 0.05) + j[0]
@@ -186,6 +189,7 @@ class WaypointSkill:
         self._goal: np.ndarray | None = None
         self._steps = 0
         self._history: list[float] = []
+        self._last_tcp: np.ndarray | None = None
         self._pause = 0
         self.finished = not waypoints
 
@@ -203,7 +207,9 @@ class WaypointSkill:
             dist = float(np.linalg.norm(self._goal - tcp))
             self._history.append(dist)
             stalled = w.push and len(self._history) > STALL_STEPS and self._history[-1 - STALL_STEPS] - dist < STALL_PROGRESS
-            if dist > REACH_TOL and not stalled and self._steps < MAX_WAYPOINT_STEPS:
+            moving = self._last_tcp is not None and np.linalg.norm(tcp - self._last_tcp) > SETTLE_MOTION
+            settling = moving and not (w.push or w.relative)  # approach points must not be overshot
+            if (dist > REACH_TOL or settling) and not stalled and self._steps < MAX_WAYPOINT_STEPS:
                 return
             self._index += 1
             self._goal = None
@@ -214,13 +220,14 @@ class WaypointSkill:
         robot = obs[P.ROBOT_OBS]
         tcp, orn = robot[P.TCP_POS], robot[P.TCP_ORN]
         self._advance_if_done(tcp)
+        self._last_tcp = tcp
         if self.finished:
             return np.array([0, 0, 0, 0, 0, 0, robot[P.GRIPPER_ACTION]], dtype=np.float64)
-        w = self._waypoints[self._index]
-        gripper = w.gripper
-        if self._style.open_approach and not w.push and not w.relative and self._index + 1 < len(self._waypoints) and not self._waypoints[self._index + 1].push:
-            gripper = 1.0
         style = self._style
+        w = self._waypoints[self._index]
+        next_is_contact = self._index + 1 < len(self._waypoints) and self._waypoints[self._index + 1].push
+        approaching = not (w.push or w.relative or next_is_contact)
+        gripper = 1.0 if style.open_approach and approaching else w.gripper
         if self._pause == 0 and style.pause_prob > 0 and self._rng.random() < style.pause_prob:
             self._pause = int(self._rng.integers(style.pause_steps[0], style.pause_steps[1] + 1))
         if self._pause > 0:
@@ -242,8 +249,11 @@ def _build(task: str, obs: P.Obs, rng: np.random.Generator, style: Style, frac: 
     waypoints = _waypoints(task, np.asarray(obs[P.SCENE_OBS]), frac, rng, style.offset_std)
     if frac == 0.0:  # give up before contact, somewhere on the approach
         waypoints = [w for w in waypoints if not w.push][: int(rng.integers(1, 3))]
-    orn_goal = NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
-    return WaypointSkill(waypoints, rng, style, orn_goal)
+    return WaypointSkill(waypoints, rng, style, _orientation_goal(rng, style))
+
+
+def _orientation_goal(rng: np.random.Generator, style: Style) -> np.ndarray:
+    return NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
 
 
 def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
@@ -255,7 +265,7 @@ def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | N
     frac = 1.0
     if style.fail:
         # Deliberate failure: stop before contact, or push only a part of the needed way.
-        frac = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.1, 0.4))
+        frac = 0.0 if rng.random() < 0.5 else float(rng.uniform(*FAIL_FRACTION))
     return _build(task, obs, rng, style, frac)
 
 
@@ -294,13 +304,11 @@ def free_motion(rng: np.random.Generator, style: Style | None = None, n_waypoint
         )
         for _ in range(n_waypoints)
     ]
-    orn_goal = NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
-    return WaypointSkill(waypoints, rng, style, orn_goal)
+    return WaypointSkill(waypoints, rng, style, _orientation_goal(rng, style))
 
 
 # ---- start states ------------------------------------------------------------------------------------
 
-_KINEMATICS: PandaKinematics | None = None
 START_JOINT_STD = 0.12  # rad, noise on CALVIN's neutral joints
 START_TCP_BOX = ((-0.15, 0.15), (-0.34, -0.12), (0.53, 0.66))  # clear of desk, blocks and cabinet
 
@@ -316,17 +324,19 @@ _TASK_SCENE = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _kinematics() -> PandaKinematics:
+    return PandaKinematics()
+
+
 def sample_robot_obs(rng: np.random.Generator) -> np.ndarray:
     """A random robot state near CALVIN's neutral one (joint noise, TCP kept in a free box)."""
-    global _KINEMATICS
-    if _KINEMATICS is None:
-        _KINEMATICS = PandaKinematics()
     for _ in range(1000):
         joints = np.clip(NEUTRAL_JOINTS + rng.normal(0.0, START_JOINT_STD, 7), ARM_LOWER, ARM_UPPER)
-        pos, orn = _KINEMATICS.tcp_pose(joints)
+        pos, orn = _kinematics().tcp_pose(joints)
         if all(lo <= v <= hi for v, (lo, hi) in zip(pos, START_TCP_BOX)):
             gripper = float(rng.choice([-1.0, 1.0]))
-            width = 2 * 0.04 if gripper > 0 else 0.0
+            width = 2 * FINGER_OPEN if gripper > 0 else 0.0
             return np.concatenate([pos, orn, [width], joints, [gripper]])
     raise RuntimeError("sample_robot_obs: no joint sample put the TCP inside START_TCP_BOX")
 
