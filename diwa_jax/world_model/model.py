@@ -1,0 +1,406 @@
+"""The world model's public API: pure functions of ``params`` and a static ``WorldModelSpec``.
+
+Sequences are batch-major ``(B, T, ...)``; time loops are ``lax.scan`` over T. Every ``cfg`` argument
+accepts a ``WorldModelSpec`` or the ``config.wm`` ConfigDict (converted with CALVIN's input sizes:
+64x64 images, 18-D proprio, 51-D state, 7-D actions; build the spec yourself for other sizes).
+
+Randomness: ``observe``/``imagine`` split their key into T keys, one per step, in time order, so a
+step-by-step loop of ``obs_step``/``img_step`` with ``jax.random.split(key, T)[t]`` gives the same samples.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from diwa_jax.types import Latent
+from diwa_jax.world_model.networks import (CAMERAS, IMAGE_EMBED_MULT, VARIANTS, Decoder, Encoder,
+                                           normalize_image)
+from diwa_jax.world_model.rssm import (RSSMCell, balanced_kl_loss, categorical_entropy, sample_onehot)
+
+BATCH_KEYS = ("prev_action", "reset")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelSpec:
+    """Everything the world-model functions need from ``config.wm``, frozen and hashable (a jit static)."""
+
+    variant: str = "vision"
+    cnn_depth: int = 48
+    deter: int = 1024
+    stoch: int = 32
+    classes: int = 32
+    hidden: int = 1000
+    state_hidden: int = 400
+    state_embed: int = 512
+    ln_eps: float = 1e-3
+    temperature: float = 1.0
+    kl_balance: float = 0.8
+    kl_weight: float = 0.3
+    free_nats: float = 0.0
+    image_weight: float = 1.0
+    state_weight: float = 1.0
+    lr: float = 3e-4
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.05
+    clip_norm: float = 100.0
+    carry_state: bool = True
+    image_size: int = 64
+    proprio_dim: int = 18
+    state_dim: int = 51
+    action_dim: int = 7
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"config.wm.variant={self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        if self.image_size != 64:
+            raise ValueError(f"world model: image_size={self.image_size}, but the conv geometry (spec 2.1) "
+                             "needs 64x64 images; resize the cameras to 64 (config.data.image_size)")
+
+    @classmethod
+    def from_config(cls, cfg_wm: Any, **dims) -> "WorldModelSpec":
+        """Take the matching fields of ``config.wm``; ``dims`` sets image_size/proprio_dim/state_dim/action_dim."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {name: cfg_wm[name] for name in fields if name in cfg_wm}
+        return cls(**values, **dims)
+
+    @property
+    def uses_images(self) -> bool:
+        return self.variant != "state"
+
+    @property
+    def uses_state(self) -> bool:
+        return self.variant != "vision"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.deter + self.stoch * self.classes
+
+    @property
+    def embed_dim(self) -> int:
+        image = IMAGE_EMBED_MULT * self.cnn_depth if self.uses_images else 0
+        return image + (self.state_embed if self.uses_state else self.proprio_dim)
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """The observation keys this variant reads."""
+        images = CAMERAS if self.uses_images else ()
+        return images + (("state",) if self.uses_state else ("proprio",))
+
+
+def as_spec(cfg: Any, **dims) -> WorldModelSpec:
+    """A ``WorldModelSpec`` from a spec or ``config.wm``; ``dims`` (non-None) override the input sizes."""
+    dims = {k: v for k, v in dims.items() if v is not None}
+    if isinstance(cfg, WorldModelSpec):
+        return dataclasses.replace(cfg, **dims) if dims else cfg
+    return WorldModelSpec.from_config(cfg, **dims)
+
+
+@struct.dataclass
+class WMTrainState:
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    carry: Latent  # last posterior of the previous batch (stop-gradient), per stream
+
+
+def _encoder(spec: WorldModelSpec) -> Encoder:
+    return Encoder(spec.variant, spec.cnn_depth, spec.state_hidden, spec.state_embed, spec.ln_eps)
+
+
+def _rssm(spec: WorldModelSpec) -> RSSMCell:
+    return RSSMCell(spec.deter, spec.stoch, spec.classes, spec.hidden, spec.ln_eps)
+
+
+def _decoder(spec: WorldModelSpec) -> Decoder:
+    return Decoder(spec.variant, spec.cnn_depth, spec.state_hidden, spec.state_dim)
+
+
+def _rssm_apply(params, spec: WorldModelSpec, method, *args):
+    return _rssm(spec).apply({"params": params["rssm"]}, *args, method=method)
+
+
+def _check_obs(obs: dict, spec: WorldModelSpec, where: str) -> tuple[int, ...]:
+    """Validate the keys/shapes/dtypes this variant reads; return the leading (batch) shape."""
+    expected = {camera: (spec.image_size, spec.image_size, 3) for camera in CAMERAS}
+    expected.update(proprio=(spec.proprio_dim,), state=(spec.state_dim,))
+    lead = None
+    for name in spec.obs_keys:
+        if name not in obs:
+            raise KeyError(f"{where}: observation key {name!r} missing (variant {spec.variant!r} reads "
+                           f"{', '.join(spec.obs_keys)}); got keys {sorted(obs)}")
+        value, trailing = obs[name], expected[name]
+        if tuple(value.shape[value.ndim - len(trailing):]) != trailing:
+            raise ValueError(f"{where}: obs[{name!r}] has shape {tuple(value.shape)}, expected (..., "
+                             f"{', '.join(map(str, trailing))})")
+        if name in CAMERAS and value.dtype != np.uint8:
+            raise TypeError(f"{where}: obs[{name!r}] has dtype {value.dtype}; pass the raw uint8 image "
+                            "(normalisation to [-1, 1] happens inside)")
+        this_lead = tuple(value.shape[:value.ndim - len(trailing)])
+        if lead is not None and this_lead != lead:
+            raise ValueError(f"{where}: obs[{name!r}] has leading shape {this_lead}, other keys {lead}")
+        lead = this_lead
+    return lead
+
+
+def initial_latent(batch_size: int, cfg: Any) -> Latent:
+    """Zero latent ``deter (B, D)``, ``stoch (B, S, C)``."""
+    spec = as_spec(cfg)
+    return Latent(deter=jnp.zeros((batch_size, spec.deter), jnp.float32),
+                  stoch=jnp.zeros((batch_size, spec.stoch, spec.classes), jnp.float32))
+
+
+def init_params(key: jax.Array, cfg: Any, *, image_size: int | None = None, proprio_dim: int | None = None,
+                state_dim: int | None = None, action_dim: int | None = None) -> dict:
+    """Parameters ``{"encoder", "rssm", "decoder"}``: Xavier-uniform kernels, zero biases, orthogonal GRU
+    recurrent kernels. Input sizes default to the spec's (CALVIN's when ``cfg`` is ``config.wm``)."""
+    spec = as_spec(cfg, image_size=image_size, proprio_dim=proprio_dim, state_dim=state_dim,
+                   action_dim=action_dim)
+    return _init_params(key, spec)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # one compiled program instead of hundreds of eager ops
+def _init_params(key: jax.Array, spec: WorldModelSpec) -> dict:
+    # Initializers draw from an RngBitGenerator key seeded by ``key``: every threefry call site (one per
+    # parameter and per flax fold-in) costs ~1 s of XLA CPU compile time, the bit generator almost none.
+    init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
+    enc_key, rssm_key, dec_key = jax.random.split(init_key, 3)
+    dummy_obs = {
+        **{camera: jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32) for camera in CAMERAS},
+        "proprio": jnp.zeros((1, spec.proprio_dim), jnp.float32),
+        "state": jnp.zeros((1, spec.state_dim), jnp.float32),
+    }
+    return {
+        "encoder": _encoder(spec).init(enc_key, dummy_obs)["params"],
+        "rssm": _rssm(spec).init(rssm_key, initial_latent(1, spec), jnp.zeros((1, spec.action_dim)),
+                                 jnp.zeros((1, spec.embed_dim)))["params"],
+        "decoder": _decoder(spec).init(dec_key, jnp.zeros((1, spec.feature_dim)))["params"],
+    }
+
+
+def encode(params, cfg: Any, obs: dict) -> jnp.ndarray:
+    """obs (any leading shape): uint8 cameras (..., 64, 64, 3), proprio (..., 18), state (..., 51),
+    as the variant needs -> embed (..., embed_dim)."""
+    spec = as_spec(cfg)
+    lead = _check_obs(obs, spec, "world_model.encode")
+    flat = {}
+    for name in spec.obs_keys:
+        value = obs[name].reshape(-1, *obs[name].shape[len(lead):])
+        flat[name] = normalize_image(value) if name in CAMERAS else value.astype(jnp.float32)
+    embed = _encoder(spec).apply({"params": params["encoder"]}, flat)
+    return embed.reshape(*lead, embed.shape[-1])
+
+
+def _apply_reset(latent: Latent, reset: jnp.ndarray) -> Latent:
+    keep = 1.0 - jnp.asarray(reset, latent.deter.dtype)
+    return Latent(deter=latent.deter * keep[..., None], stoch=latent.stoch * keep[..., None, None])
+
+
+def obs_step(params, cfg: Any, latent: Latent, prev_action: jnp.ndarray, embed: jnp.ndarray,
+             reset: jnp.ndarray, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
+    """One filter step: zero (h, z) where ``reset``, transition with a_{t-1}, posterior sample from
+    (h_t, embed_t). Returns (posterior Latent, prior logits, posterior logits), logits (..., S, C)."""
+    spec = as_spec(cfg)
+    latent = _apply_reset(latent, reset)
+    deter = _rssm_apply(params, spec, RSSMCell.transition, latent, prev_action)
+    prior_logits = _rssm_apply(params, spec, RSSMCell.prior, deter)
+    post_logits = _rssm_apply(params, spec, RSSMCell.posterior, deter, embed)
+    stoch = sample_onehot(post_logits, key, spec.temperature)
+    return Latent(deter=deter, stoch=stoch), prior_logits, post_logits
+
+
+def img_step(params, cfg: Any, latent: Latent, action: jnp.ndarray, key: jax.Array) -> Latent:
+    """One imagination step (spec 2.4): transition with ``action``, z' sampled from the prior."""
+    spec = as_spec(cfg)
+    deter = _rssm_apply(params, spec, RSSMCell.transition, latent, action)
+    prior_logits = _rssm_apply(params, spec, RSSMCell.prior, deter)
+    return Latent(deter=deter, stoch=sample_onehot(prior_logits, key, spec.temperature))
+
+
+def _time_major(tree):
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
+
+
+def observe(params, cfg: Any, obs_seq: dict, prev_actions: jnp.ndarray, resets: jnp.ndarray,
+            init_latent: Latent, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
+    """Filter a sequence: obs (B, T, ...), prev_actions (B, T, A), resets (B, T) bool, init_latent (B, ...).
+    All frames are encoded in one batch, then ``obs_step`` is scanned over T.
+    Returns (posterior Latent (B, T, ...), prior logits (B, T, S, C), posterior logits (B, T, S, C))."""
+    spec = as_spec(cfg)
+    embed = encode(params, spec, obs_seq)
+    steps = embed.shape[1]
+
+    def step(latent, inputs):
+        action, step_embed, reset, step_key = inputs
+        post, prior_logits, post_logits = obs_step(params, spec, latent, action, step_embed, reset, step_key)
+        return post, (post, prior_logits, post_logits)
+
+    inputs = (*_time_major((prev_actions, embed, resets)), jax.random.split(key, steps))
+    _, outputs = jax.lax.scan(step, init_latent, inputs)
+    return _time_major(outputs)
+
+
+def imagine(params, cfg: Any, latent: Latent, actions: jnp.ndarray, key: jax.Array) -> Latent:
+    """Roll the prior from ``latent`` (B, ...) with ``actions`` (B, T, A): the T latents after each action,
+    (B, T, ...)."""
+    spec = as_spec(cfg)
+
+    def step(state, inputs):
+        action, step_key = inputs
+        state = img_step(params, spec, state, action, step_key)
+        return state, state
+
+    _, latents = jax.lax.scan(step, latent, (_time_major(actions), jax.random.split(key, actions.shape[1])))
+    return _time_major(latents)
+
+
+def decode(params, cfg: Any, feature: jnp.ndarray) -> dict:
+    """feature (..., D + S*C) -> {rgb_static, rgb_gripper: (..., 64, 64, 3) in the [-1, 1] image scale}
+    for image variants, plus {state: (..., 51)} for hybrid/state."""
+    spec = as_spec(cfg)
+    lead = feature.shape[:-1]
+    out = _decoder(spec).apply({"params": params["decoder"]}, feature.reshape(-1, feature.shape[-1]))
+    return {name: value.reshape(*lead, *value.shape[1:]) for name, value in out.items()}
+
+
+def _check_batch(batch: dict, spec: WorldModelSpec, where: str) -> tuple[int, int]:
+    lead = _check_obs(batch, spec, where)
+    if len(lead) != 2:
+        raise ValueError(f"{where}: expected sequences (B, T, ...), got leading shape {lead}")
+    for name in BATCH_KEYS:
+        if name not in batch:
+            raise KeyError(f"{where}: batch key {name!r} missing; got keys {sorted(batch)}")
+    if tuple(batch["prev_action"].shape) != (*lead, spec.action_dim):
+        raise ValueError(f"{where}: batch['prev_action'] has shape {tuple(batch['prev_action'].shape)}, "
+                         f"expected {(*lead, spec.action_dim)}")
+    if tuple(batch["reset"].shape) != lead:
+        raise ValueError(f"{where}: batch['reset'] has shape {tuple(batch['reset'].shape)}, expected {lead}")
+    return lead
+
+
+def _reconstruction_losses(recon: dict, target: dict, spec: WorldModelSpec) -> dict:
+    """Per-step 0.5 * squared error sums (unit-variance Gaussian NLL up to a constant), shape (...)."""
+    losses = {}
+    if spec.uses_images:
+        losses["image_loss"] = sum(
+            0.5 * jnp.sum(jnp.square(recon[camera] - normalize_image(target[camera])), axis=(-3, -2, -1))
+            for camera in CAMERAS)
+    if spec.uses_state:
+        losses["state_loss"] = 0.5 * jnp.sum(jnp.square(recon["state"] - target["state"]), axis=-1)
+    return losses
+
+
+def loss_fn(params, cfg: Any, batch: dict, init_latent: Latent, key: jax.Array) -> tuple[jnp.ndarray,
+                                                                                        tuple[dict, Latent]]:
+    """Negative ELBO with KL balancing (spec 2.2), averaged over B*T:
+    ``kl_weight * KL_balanced + image_weight * 0.5*SSE(both cameras) + state_weight * 0.5*SSE(state)``.
+    Returns (loss, (metrics, last posterior Latent (B, ...)))."""
+    spec = as_spec(cfg)
+    _check_batch(batch, spec, "world_model.loss_fn")
+    post, prior_logits, post_logits = observe(params, spec, batch, batch["prev_action"], batch["reset"],
+                                              init_latent, key)
+    recon = decode(params, spec, post.feature())
+    metrics = {name: jnp.mean(value) for name, value in _reconstruction_losses(recon, batch, spec).items()}
+    kl_loss, kl = balanced_kl_loss(post_logits, prior_logits, spec.kl_balance, spec.free_nats)
+    loss = spec.kl_weight * kl_loss
+    loss += spec.image_weight * metrics.get("image_loss", 0.0) + spec.state_weight * metrics.get("state_loss", 0.0)
+    metrics.update(loss=loss, kl=kl, kl_loss=kl_loss,
+                   prior_entropy=jnp.mean(categorical_entropy(prior_logits)),
+                   post_entropy=jnp.mean(categorical_entropy(post_logits)))
+    last = jax.tree.map(lambda x: x[:, -1], post)
+    return loss, (metrics, last)
+
+
+def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+    """clip_by_global_norm(clip_norm) then AdamW(lr, 0.9, 0.999, eps, weight_decay on every parameter).
+
+    Applied to all parameters raveled into one vector (``optax.flatten``): the same update, compiled as a
+    few fused kernels instead of several per parameter leaf (seconds of XLA compile time on CPU)."""
+    spec = as_spec(cfg)
+    adamw = optax.adamw(spec.lr, b1=0.9, b2=0.999, eps=spec.adam_eps, weight_decay=spec.weight_decay)
+    if spec.clip_norm > 0:
+        adamw = optax.chain(optax.clip_by_global_norm(spec.clip_norm), adamw)
+    return optax.flatten(adamw)
+
+
+def create_train_state(key: jax.Array, cfg: Any, batch_size: int) -> WMTrainState:
+    """Fresh parameters and optimiser state, a zero carry for ``batch_size`` streams."""
+    return _create_train_state(key, as_spec(cfg), batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _create_train_state(key: jax.Array, spec: WorldModelSpec, batch_size: int) -> WMTrainState:
+    init_key, state_key = jax.random.split(key)
+    params = _init_params(init_key, spec)
+    return WMTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=make_optimizer(spec).init(params),
+                        key=state_key, carry=initial_latent(batch_size, spec))
+
+
+def make_train_step(cfg: Any):
+    """A jitted ``train_step(state, batch) -> (state, metrics)`` (state donated). The batch is the data
+    sampler's dict (B, T, ...). The initial latent is the carried posterior (``carry_state``) or zeros;
+    resets in the batch zero it where streams start new episodes."""
+    spec = as_spec(cfg)
+    optimizer = make_optimizer(spec)
+
+    def train_step(state: WMTrainState, batch: dict) -> tuple[WMTrainState, dict]:
+        key, loss_key = jax.random.split(state.key)
+        init = state.carry if spec.carry_state else jax.tree.map(jnp.zeros_like, state.carry)
+        grad_fn = jax.value_and_grad(lambda p: loss_fn(p, spec, batch, init, loss_key), has_aux=True)
+        (_, (metrics, last)), grads = grad_fn(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=key,
+                                  carry=jax.lax.stop_gradient(last))
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def open_loop(params, cfg: Any, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
+    """Filter the first ``context`` frames of ``batch`` from a zero latent (with the batch's resets), then
+    imagine ``horizon`` steps with the true actions ``prev_action[:, context:context + horizon]`` and decode.
+    Returns predictions for frames context .. context + horizon - 1: (B, horizon, ...) per decoded key."""
+    spec = as_spec(cfg)
+    batch_size, steps = _check_batch(batch, spec, "world_model.open_loop")
+    if context < 1 or horizon < 1 or context + horizon > steps:
+        raise ValueError(f"world_model.open_loop: context={context} + horizon={horizon} must fit the batch's "
+                         f"T={steps} (both >= 1)")
+    obs_key, imagine_key = jax.random.split(key)
+    observed = {name: batch[name][:, :context] for name in (*spec.obs_keys, *BATCH_KEYS)}
+    post, _, _ = observe(params, spec, observed, observed["prev_action"], observed["reset"],
+                         initial_latent(batch_size, spec), obs_key)
+    last = jax.tree.map(lambda x: x[:, -1], post)
+    imagined = imagine(params, spec, last, batch["prev_action"][:, context:context + horizon], imagine_key)
+    return decode(params, spec, imagined.feature())
+
+
+def openloop_error(params, cfg: Any, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
+    """Mean squared error of ``open_loop`` predictions vs the true frames (image MSE per pixel/channel in the
+    [-1, 1] scale, averaged over both cameras, frames and batch), and of the baseline that repeats the last
+    context frame. Image variants: image_mse, baseline_image_mse, image_mse_ratio (model / baseline, < 1 is
+    better than the baseline) and image_mse_per_step (horizon,); hybrid/state: state_mse, baseline_state_mse."""
+    spec = as_spec(cfg)
+    predicted = open_loop(params, spec, batch, context, horizon, key)
+    metrics = {}
+    future = slice(context, context + horizon)
+    if spec.uses_images:
+        truth = jnp.stack([normalize_image(batch[camera][:, future]) for camera in CAMERAS])
+        last_seen = jnp.stack([normalize_image(batch[camera][:, context - 1:context]) for camera in CAMERAS])
+        model_error = jnp.square(jnp.stack([predicted[camera] for camera in CAMERAS]) - truth)
+        per_step = jnp.mean(model_error, axis=(0, 1, 3, 4, 5))
+        metrics["image_mse_per_step"] = per_step
+        metrics["image_mse"] = jnp.mean(per_step)
+        metrics["baseline_image_mse"] = jnp.mean(jnp.square(last_seen - truth))
+        metrics["image_mse_ratio"] = metrics["image_mse"] / metrics["baseline_image_mse"]
+    if spec.uses_state:
+        truth = batch["state"][:, future]
+        metrics["state_mse"] = jnp.mean(jnp.square(predicted["state"] - truth))
+        metrics["baseline_state_mse"] = jnp.mean(jnp.square(batch["state"][:, context - 1:context] - truth))
+    return metrics

@@ -1,0 +1,83 @@
+"""The world_model and featurize stages end to end on tiny data: a checkpoint and an open-loop
+report exist, every frame gets a latent, and a featurize run killed mid-way resumes without redoing
+finished chunks and ends with the same latents."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from diwa_jax import config as configlib
+from diwa_jax import pipeline
+from diwa_jax.world_model import featurize as featurize_mod
+from diwa_jax.world_model import stage as wm_stage
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from experiments.calvin import get_config
+    cfg = configlib.finalize(get_config("tiny"), str(tmp_path_factory.mktemp("run")))
+    pipeline.run(cfg, ["collect", "world_model"])
+    return cfg
+
+
+def test_world_model_stage_outputs(trained):
+    cfg = trained
+    with open(pipeline.stage_dir(cfg, "world_model") + "/openloop.json") as f:
+        report = json.load(f)
+    assert report["horizon"] == cfg.wm.openloop_horizon and np.isfinite(report["image_mse"])
+    spec, params = wm_stage.load_world_model(cfg)
+    assert spec.deter == cfg.wm.deter
+    with open(pipeline.stage_dir(cfg, "world_model") + "/metrics.jsonl") as f:
+        losses = [m for m in map(json.loads, f) if "world_model/loss" in m]
+    assert losses[-1]["step"] == cfg.wm.steps and np.isfinite(losses[-1]["world_model/loss"])
+
+
+def test_featurize_covers_every_frame_and_resumes(trained, monkeypatch):
+    cfg = trained
+    caches = wm_stage.ensure_cache(cfg)
+    spec, params = wm_stage.load_world_model(cfg)
+    key = configlib.stage_key(cfg, "featurize")
+    featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
+    straight = featurize_mod.load_features(cfg, "training")
+    assert len(straight) == len(caches["training"])
+    assert np.all(np.abs(np.asarray(straight.deter)).sum(axis=1) > 0), "a frame has no latent"
+    feats = straight.feature(np.arange(5))
+    assert feats.shape == (5, cfg.derived.latent_dim)
+    np.testing.assert_array_equal(feats[:, cfg.wm.deter:].reshape(5, cfg.wm.stoch, cfg.wm.classes).sum(-1), 1)
+    expected = (np.array(straight.deter), np.array(straight.stoch))
+
+    shutil.rmtree(pipeline.stage_dir(cfg, "featurize"))
+    real_inputs, calls = featurize_mod.model_inputs, []
+
+    def killed_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(featurize_mod, "model_inputs", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
+
+    resumed_calls = []
+    monkeypatch.setattr(featurize_mod, "model_inputs", lambda *a, **k: resumed_calls.append(1) or real_inputs(*a, **k))
+    featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
+    total = json.loads((featurize_mod._split_dir(cfg, "training") / featurize_mod.COMPLETE).read_text())["chunks"]
+    assert len(resumed_calls) == total - 2, "finished chunks were redone"
+    resumed = featurize_mod.load_features(cfg, "training")
+    np.testing.assert_array_equal(np.asarray(resumed.deter), expected[0])
+    np.testing.assert_array_equal(np.asarray(resumed.stoch), expected[1])
+
+
+def test_stream_rows_keep_segments_whole():
+    segments = np.array([[0, 9], [10, 12], [13, 30], [31, 34]])
+    rows = featurize_mod.stream_rows(segments, 2)
+    assert rows.shape[0] == 2
+    seen = np.sort(rows[rows >= 0])
+    np.testing.assert_array_equal(seen, np.arange(35))
+    for stream in rows:
+        valid = stream[stream >= 0]
+        for s, e in segments:
+            inside = valid[(valid >= s) & (valid <= e)]
+            assert len(inside) in (0, e - s + 1) and np.all(np.diff(inside) == 1)
