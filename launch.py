@@ -6,7 +6,7 @@ Rerunning the same command resumes a killed run; complete stages are skipped.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
@@ -20,18 +20,23 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # keep JAX's start-up INFO lines (no TPU, ...) off the console
     # Imported here so that `--help` and flag errors stay fast and free of JAX start-up noise.
     from diwa_jax import config as configlib
     from diwa_jax import pipeline
+    from diwa_jax.checkpoint import CheckpointError
+    from diwa_jax.data.calvin_format import DataError
+    from diwa_jax.training import TrainingDiverged
 
     try:
         config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
         os.makedirs(config.derived.workdir, exist_ok=True)
         _save_resolved(config, configlib.to_json(config))
         pipeline.run(config, _STAGES.value)
-    except (configlib.ConfigError, pipeline.NotBuiltYet) as e:
+    except (configlib.ConfigError, pipeline.NotBuiltYet, DataError, CheckpointError, TrainingDiverged) as e:
+        # expected failures: one line naming the culprit and the fix, no traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, configlib.ConfigError) else 3
+        return {configlib.ConfigError: 2, pipeline.NotBuiltYet: 3}.get(type(e), 1)
     print(f"finished: outputs in {config.derived.workdir}")
     return 0
 

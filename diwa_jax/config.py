@@ -119,6 +119,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.batch_size": lambda x: x >= 2,
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
+    "reward.n_train_windows": _positive,
     "reward.eval_every": _positive,
     "ppo.n_envs": _positive,
     "ppo.n_steps": _positive,

@@ -126,6 +126,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.reward.lr = 1e-6
     c.reward.batch_size = 32
     c.reward.epochs = 100
+    c.reward.n_train_windows = 50  # the expert windows of stage 3 (the policy's 50, same seed)
+    c.reward.window_seed = 42
     c.reward.negatives_per_episode = 10
     c.reward.balance_quirk = True  # negatives drawn by position within the negative list (original); False: uniform
     c.reward.use_imagined = True
@@ -230,9 +232,9 @@ def _quick(c: ml_collections.ConfigDict) -> None:
 def _tiny(c: ml_collections.ConfigDict) -> None:
     """Seconds-long sizes for tests: every stage runs, nothing learns much."""
     _quick(c)
-    c.tasks = ("open_drawer",)
-    c.collect.train_frames = 300
-    c.collect.val_frames = 150
+    c.tasks = ("move_slider_left",)  # a task the tiny play data holds in both splits
+    c.collect.train_frames = 600
+    c.collect.val_frames = 300
     c.collect.segment_frames = 150
     c.collect.workers = 1
     c.env.static_size = 64
@@ -271,6 +273,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.reward.head_hidden = 32
     c.reward.epochs = 2
     c.reward.batch_size = 16
+    c.reward.n_train_windows = 4
     c.ppo.n_envs = 4
     c.ppo.n_steps = 3
     c.ppo.episode_len = 12
