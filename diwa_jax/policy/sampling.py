@@ -42,6 +42,11 @@ def sampling_std(
     return jnp.maximum(ddpm_std, min_std)
 
 
+def gaussian_logprob(x: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """Per-element log-density of ``x`` under ``N(mean, std^2)``."""
+    return -0.5 * jnp.square((x - mean) / std) - jnp.log(std) - LOG_SQRT_2PI
+
+
 def _check_ft_steps(schedule: DDPMSchedule, ft_steps: int) -> None:
     if not 0 <= ft_steps <= schedule.num_steps:
         raise ValueError(
@@ -64,11 +69,17 @@ def sample_chain(
     denoised_clip: float,
     deterministic: bool = False,
     deterministic_min_std: float = 1e-3,
+    logprob_min_std: float | None = None,
 ) -> tuple:
     """Sample action chunks for ``cond (B, C)``: returns ``(x_0 (B, Ta, A), chain (B, ft_steps + 1, Ta, A))``.
 
     ``chunk_shape = (Ta, A)``. ``x_K ~ N(0, I)``; each step ``x = mu + std * clip(eps, +-randn_clip)``; no final
     action clamp. The noise of step t is drawn from ``fold_in(key, t)`` whichever params run it.
+
+    With ``logprob_min_std`` set, also returns the fine-tuned transitions' per-element log-densities
+    ``(B, ft_steps, Ta, A)`` from the means the sampler already computed, std ``max(ddpm_std_t, logprob_min_std)``:
+    what ``chain_logprob(params_ft, ..., min_logprob_std=logprob_min_std)`` gives for the returned chain, without
+    a second pass of the denoiser (PPO's old log-probs).
     """
     _check_ft_steps(schedule, ft_steps)
     init_key, step_key = jax.random.split(key)
@@ -84,14 +95,19 @@ def sample_chain(
             )
             noise = jnp.clip(jax.random.normal(jax.random.fold_in(step_key, t), x.shape), -randn_clip, randn_clip)
             x = mu + std * noise
-            return x, x
+            if logprob_min_std is None:
+                return x, x
+            return x, (x, gaussian_logprob(x, mu, jnp.maximum(schedule.ddpm_std[t], logprob_min_std)))
 
         return jax.lax.scan(step, x, timesteps)
 
     x_ft_start, _ = run_steps(params_pre, x_init, jnp.arange(schedule.num_steps - 1, ft_steps - 1, -1))
-    x_final, ft_states = run_steps(params_ft, x_ft_start, jnp.arange(ft_steps - 1, -1, -1))
-    chain = jnp.concatenate([x_ft_start[None], ft_states], axis=0)  # (ft_steps + 1, B, Ta, A)
-    return x_final, jnp.swapaxes(chain, 0, 1)
+    x_final, ft_outputs = run_steps(params_ft, x_ft_start, jnp.arange(ft_steps - 1, -1, -1))
+    ft_states = ft_outputs if logprob_min_std is None else ft_outputs[0]
+    chain = jnp.swapaxes(jnp.concatenate([x_ft_start[None], ft_states], axis=0), 0, 1)  # (B, ft_steps + 1, Ta, A)
+    if logprob_min_std is None:
+        return x_final, chain
+    return x_final, chain, jnp.swapaxes(ft_outputs[1], 0, 1)
 
 
 def chain_logprob(
@@ -120,13 +136,37 @@ def chain_logprob(
     x_next = chain[:, :-1].reshape((batch * ft_steps,) + chunk_shape)
     x_cur = chain[:, 1:].reshape((batch * ft_steps,) + chunk_shape)
     timesteps = jnp.tile(jnp.arange(ft_steps - 1, -1, -1), batch)
-    proj = jnp.repeat(cond_projection(params_ft, cond), ft_steps, axis=0)
-    mu = reverse_mean(params_ft, schedule, x_next, timesteps, proj, denoised_clip)
+    proj = jnp.repeat(cond_projection(params_ft, cond), ft_steps, axis=0)  # projected once per sample
+    logprob = _transition_logprob(params_ft, schedule, proj, x_next, x_cur, timesteps, min_logprob_std,
+                                  denoised_clip, clamp)
+    return logprob.reshape((batch, ft_steps) + chunk_shape)
+
+
+def transition_logprob(
+    params_ft: dict,
+    schedule: DDPMSchedule,
+    cond: jnp.ndarray,
+    x_next: jnp.ndarray,
+    x_cur: jnp.ndarray,
+    timesteps: jnp.ndarray,
+    *,
+    min_logprob_std: float,
+    denoised_clip: float,
+    clamp: tuple = None,
+) -> jnp.ndarray:
+    """``chain_logprob`` for independent rows: the log-density of ``x_cur (R, Ta, A)`` given ``x_next (R, Ta, A)``
+    at denoising steps ``timesteps (R,)`` with ``cond (R, C)``, ``(R, Ta, A)``."""
+    return _transition_logprob(params_ft, schedule, cond_projection(params_ft, cond), x_next, x_cur, timesteps,
+                               min_logprob_std, denoised_clip, clamp)
+
+
+def _transition_logprob(params, schedule, proj, x_next, x_cur, timesteps, min_logprob_std, denoised_clip, clamp):
+    mu = reverse_mean(params, schedule, x_next, timesteps, proj, denoised_clip)
     std = _at(jnp.maximum(schedule.ddpm_std, min_logprob_std), timesteps, x_cur)
-    logprob = -0.5 * jnp.square((x_cur - mu) / std) - jnp.log(std) - LOG_SQRT_2PI
+    logprob = gaussian_logprob(x_cur, mu, std)
     if clamp is not None:
         logprob = jnp.clip(logprob, clamp[0], clamp[1])
-    return logprob.reshape((batch, ft_steps) + chunk_shape)
+    return logprob
 
 
 def bc_chain_logprob_loss(
