@@ -81,3 +81,20 @@ def test_stream_rows_keep_segments_whole():
         for s, e in segments:
             inside = valid[(valid >= s) & (valid <= e)]
             assert len(inside) in (0, e - s + 1) and np.all(np.diff(inside) == 1)
+
+
+def test_scene_report_measures_decoded_articulations():
+    from diwa_jax.data.preprocess import NormStats
+    proprio_dim, t = 18, 6
+    stats = NormStats(np.zeros(18), np.ones(18), np.zeros(51), np.full(51, 2.0), True, "training")
+    true_scene = np.zeros((1, t, 51))
+    true_scene[0, :, proprio_dim + 1] = np.linspace(0.0, 0.2, t)  # the drawer opens
+    true_scene[0, 3:, proprio_dim + 5] = 1.0  # the LED turns on at step 3
+    batch = {"state": true_scene / 2.0}  # normalised: (x - 0) / 2
+    context = 2
+    exact = wm_stage.scene_report(batch, batch["state"][:, context:], stats, proprio_dim, context)["errors"]
+    assert exact["drawer_mae"] == 0.0 and exact["led_mae"] == 0.0
+    np.testing.assert_allclose(exact["drawer_baseline_mae"], np.mean(np.abs(true_scene[0, 2:, 19] - true_scene[0, 1, 19])))
+    assert exact["led_baseline_mae"] == 0.75  # repeating "off" misses the 3 "on" steps of 4
+    off = wm_stage.scene_report(batch, np.zeros((1, t - context, 51)), stats, proprio_dim, context)["errors"]
+    assert off["led_mae"] == 0.75 and off["drawer_mae"] > 0.05

@@ -137,6 +137,9 @@ class NormStats:
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
         return ((state - self.state_min) / self._scale(self.state_min, self.state_max)).astype(np.float32)
 
+    def denormalize_state(self, state: np.ndarray) -> np.ndarray:
+        return np.asarray(state, np.float64) * self._scale(self.state_min, self.state_max) + self.state_min
+
     def to_json(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(self).items()}
 

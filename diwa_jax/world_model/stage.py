@@ -24,6 +24,8 @@ from diwa_jax.world_model import model
 SPLITS = ("training", "validation")
 MODEL_KEYS = ("rgb_static", "rgb_gripper", "proprio", "state", "prev_action", "reset")
 OPENLOOP_BATCHES = 4
+# decoded scene quantities checked in the open-loop report of the hybrid/state variants: (name, scene_obs index)
+SCENE_QUANTITIES = (("slider", 0), ("drawer", 1), ("lightbulb", 4), ("led", 5))
 
 
 def ensure_cache(config) -> dict[str, Cache]:
@@ -116,6 +118,11 @@ def train_world_model(config) -> dict:
         report, batch = openloop_report(state.params, spec, val, context, horizon, eval_key)
         logger.scalars(wm.steps, report, prefix="world_model/openloop/")
 
+    if spec.uses_state:
+        pred = jax.device_get(predict(state.params, batch, eval_key))
+        scene = scene_report(batch, pred["state"], caches["training"].stats, config.derived.proprio_dim, context)
+        report.update(scene.pop("errors"))
+        _plot_scene(os.path.join(out, "openloop_scene_state.png"), scene)
     summary = {"steps": int(state.step), "train_frames": len(caches["training"]),
                "openloop": {"context": context, "horizon": horizon, **report}}
     _write_json(os.path.join(out, "openloop.json"), summary["openloop"])
@@ -126,6 +133,42 @@ def train_world_model(config) -> dict:
         info(f"[world_model] open-loop image MSE {report['image_mse']:.4f} vs repeat-last-frame "
              f"{report['baseline_image_mse']:.4f} (ratio {report['image_mse_ratio']:.2f})")
     return summary
+
+
+def scene_report(batch: dict, predicted_state: np.ndarray, stats, proprio_dim: int, context: int) -> dict:
+    """Decoded drawer/slider (m) and light states vs the truth over an open-loop horizon: mean absolute
+    error of the model and of repeating the last context frame (lights as rounded bits: error rate)."""
+    truth = stats.denormalize_state(batch["state"][:, context:])
+    last = stats.denormalize_state(batch["state"][:, context - 1:context])
+    pred = stats.denormalize_state(predicted_state)
+    errors, series = {}, {}
+    for name, index in SCENE_QUANTITIES:
+        col = proprio_dim + index
+        t, p, b = truth[..., col], pred[..., col], np.broadcast_to(last[..., col], truth[..., col].shape)
+        if name in ("lightbulb", "led"):
+            p_cmp, b_cmp = np.round(np.clip(p, 0, 1)), b
+        else:
+            p_cmp, b_cmp = p, b
+        errors[f"{name}_mae"] = float(np.mean(np.abs(p_cmp - t)))
+        errors[f"{name}_baseline_mae"] = float(np.mean(np.abs(b_cmp - t)))
+        series[name] = (t[0], p[0])
+    return {"errors": errors, "series": series}
+
+
+def _plot_scene(path: str, scene: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(scene["series"]), figsize=(3.2 * len(scene["series"]), 2.6))
+    for ax, (name, (truth, pred)) in zip(axes, scene["series"].items()):
+        ax.plot(truth, label="truth")
+        ax.plot(pred, "--", label="open-loop")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _write_json(path: str, value: dict) -> None:
