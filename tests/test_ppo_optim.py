@@ -18,13 +18,13 @@ def test_critic_matches_numpy_forward():
     params = init_critic(jax.random.key(0), latent, dim)
     p = jax.tree.map(np.asarray, params)
     bound = 1 / np.sqrt(latent)
-    assert np.abs(p["input"]["kernel"]).max() <= bound and np.abs(p["input"]["bias"]).max() <= bound
-    assert p["output"]["kernel"].shape == (dim, 1)
+    assert np.abs(p["input"]["w"]).max() <= bound and np.abs(p["input"]["b"]).max() <= bound
+    assert p["output"]["w"].shape == (dim, 1)
     feature = np.random.default_rng(0).normal(size=(3, 5, latent)).astype(np.float32)  # time-major (T, N, F)
-    h = feature @ p["input"]["kernel"] + p["input"]["bias"]
-    r = _mish(h) @ p["block_1"]["kernel"] + p["block_1"]["bias"]
-    h = h + _mish(r) @ p["block_2"]["kernel"] + p["block_2"]["bias"]
-    expected = (h @ p["output"]["kernel"] + p["output"]["bias"])[..., 0]
+    h = feature @ p["input"]["w"] + p["input"]["b"]
+    r = _mish(h) @ p["block_1"]["w"] + p["block_1"]["b"]
+    h = h + _mish(r) @ p["block_2"]["w"] + p["block_2"]["b"]
+    expected = (h @ p["output"]["w"] + p["output"]["b"])[..., 0]
     np.testing.assert_allclose(jax.jit(critic_value)(params, feature), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="12-D latent"):
         critic_value(params, feature[..., :5])
