@@ -15,6 +15,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from diwa_jax.envs import protocol as P
+
 INSTALL_HINT = (
     "calvin_env is not installed (backend 'calvin_env'). It is not on PyPI, and PyPI's 'calvin' is an "
     "unrelated package: never `pip install calvin`. Install it from a recursive clone:\n"
@@ -57,7 +59,7 @@ def binarize_gripper(rel_action: np.ndarray) -> np.ndarray:
     action = np.array(rel_action, np.float64).reshape(-1)
     if action.shape != (7,):
         raise ValueError(f"CalvinEnvAdapter.step: expected a 7-D relative action, got shape {np.shape(rel_action)}")
-    action[6] = 1.0 if action[6] >= 0 else -1.0
+    action[6] = P.policy_gripper(action[6])
     return action
 
 

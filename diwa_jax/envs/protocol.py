@@ -84,8 +84,14 @@ def wrap_to_pi(angle):
 
 
 def binarize_gripper(gripper):
-    """CALVIN's gripper binarisation: +1 (open) where > 0, else -1 (close)."""
+    """CALVIN's gripper binarisation of recorded actions: +1 (open) where > 0, else -1 (close)."""
     return np.where(np.asarray(gripper) > 0, 1.0, -1.0)
+
+
+def policy_gripper(gripper):
+    """The gripper command a policy's continuous output is executed as: +1 (open) where >= 0, else -1
+    (DiWA, spec section 1.4); evaluation and the calvin_env adapter both send this."""
+    return np.where(np.asarray(gripper) >= 0, 1.0, -1.0)
 
 
 def abs_to_rel(actions_abs, robot_obs):
