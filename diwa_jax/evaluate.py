@@ -26,6 +26,7 @@ from diwa_jax.config import stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.data.preprocess import Cache, NormStats, resize_area, robot_obs_to_proprio, scene_obs_to_state
+from diwa_jax.envs import protocol as P
 from diwa_jax.envs.oracle import success_all_np, task_index
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
@@ -65,7 +66,7 @@ def executed_action(action: np.ndarray) -> np.ndarray:
     """(7,) float64 sent to the simulator (and to the filter): the policy's action with the gripper binarised,
     >= 0 -> +1 (open), < 0 -> -1 (close) (spec 1.4)."""
     action = np.array(action, np.float64)
-    action[6] = 1.0 if action[6] >= 0 else -1.0
+    action[6] = P.policy_gripper(action[6])
     return action
 
 

@@ -53,10 +53,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("reward", "train the latent success classifier per task",
           _DATA + ("tasks", "wm", "featurize", "reward"), "diwa_jax.reward.stage:train_rewards", 5),
     Stage("finetune", "PPO on the Dream Diffusion MDP, all in imagination",
-          _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo"), None, 6),
+          _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
+          "diwa_jax.finetune.stage:finetune", 6),
     Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
           _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
-          None, 6),
+          "diwa_jax.results:evaluate_stage", 6),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -1,0 +1,263 @@
+"""The ``finetune`` stage: PPO on the Dream Diffusion MDP, all in imagination (spec sections 4.2, 6.2).
+
+Per task: the world model, the reward classifier and the pre-trained (EMA) denoiser from the stages before;
+a pool of ``ppo.n_start_states`` start latents; then ``ppo.iterations`` jitted PPO iterations through the
+resumable loop (checkpoints every ``ppo.ckpt_every``; a rerun resumes exactly).
+
+Start pool (``ppo.start_source``):
+  ``simulator`` (the original): random task starts from ``sample_start_state`` with their own numpy stream
+    (never the evaluation starts, which are the validation windows' first states), each rendered once by a
+    simulator reset and encoded by a reset posterior step (zero action, gripper open), as an evaluation
+    episode encodes its first frame. The simulator is reset and rendered, never stepped.
+  ``dataset`` (purely offline): the featurized latents at the first frame of the task's training windows.
+The pool is saved in ``start_pool.npz`` on first use, so a resumed run starts from the same latents.
+
+Every ``ppo.eval_every`` iterations, at the end, and once before the first (iteration 0 = the pre-trained
+policy) the current actor is evaluated in the simulator on the task's validation start states. Those
+simulator steps are counted apart from fine-tuning's own (which must be, and are counted as, zero).
+
+Writes ``<workdir>/finetune/<task>/``: ``checkpoints/`` (the ``FinetuneState``), ``metrics.jsonl``,
+``start_pool.npz``, ``curve.json`` (one entry per iteration: imagined success of the episodes that ended in
+that iteration's rollout, and real success where evaluated) and ``summary.json`` (written last).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from diwa_jax.checkpoint import Checkpointer
+from diwa_jax.config import stage_key
+from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
+from diwa_jax.data.calvin_format import CalvinSplit, DataError
+from diwa_jax.envs.oracle import task_index
+from diwa_jax.evaluate import evaluate_policy, filter_frame, make_env, start_states, wm_observation
+from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
+from diwa_jax.finetune.imagine import FrozenModels
+from diwa_jax.logging import MetricLogger, info
+from diwa_jax.pipeline import stage_dir
+from diwa_jax.policy.denoiser import init_denoiser
+from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.reward.stage import load_reward
+from diwa_jax.training import run_loop
+from diwa_jax.types import Latent
+from diwa_jax.world_model import model
+from diwa_jax.world_model.featurize import load_features
+from diwa_jax.world_model.stage import ensure_cache, load_world_model
+
+SUMMARY = "summary.json"
+CURVE = "curve.json"
+START_POOL = "start_pool.npz"
+START_STREAM = 7001  # numpy stream (seed, task, START_STREAM) of the simulator start states
+
+
+def task_dir(config, task: str) -> str:
+    return os.path.join(stage_dir(config, "finetune"), task)
+
+
+def _checkpoint_dir(config, task: str) -> str:
+    return os.path.join(task_dir(config, task), "checkpoints")
+
+
+class CountingEnv:
+    """A simulator wrapper counting ``reset`` and ``step`` calls: what fine-tuning asked of the simulator."""
+
+    def __init__(self, env):
+        self.env, self.resets, self.steps = env, 0, 0
+
+    def reset(self, robot_obs=None, scene_obs=None):
+        self.resets += 1
+        return self.env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+
+    def step(self, action):
+        self.steps += 1
+        return self.env.step(action)
+
+
+# ---- start pool ---------------------------------------------------------------------------------------
+
+def simulator_start_states(config, task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(robot_obs (n, 15), scene_obs (n, 24))``: random starts of ``task`` from the stream
+    (seed, task, START_STREAM), which the evaluation's start states (validation windows) never come from."""
+    from diwa_jax.envs.playtable.skills import sample_start_state  # pybullet kinematics: import on use
+    rng = np.random.default_rng([config.seed, task_index(task), START_STREAM])
+    robot, scene = zip(*(sample_start_state(task, rng) for _ in range(n)))
+    return np.stack(robot), np.stack(scene)
+
+
+def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
+    """``(P, ...)`` latents: each frame encoded by a reset posterior step with the reset action, exactly as an
+    evaluation episode encodes its first frame (``evaluate.filter_frame``), frame i with ``fold_in(key, i)``."""
+    spec, params = world_model
+    latents = []
+    for i, obs in enumerate(frames):
+        wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
+        latents.append(filter_frame(params, model.initial_latent(1, spec), RESET_ACTION, wm_obs, np.bool_(True),
+                                    jax.random.fold_in(key, i), np.int32(0), spec=spec))
+    return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *latents)
+
+
+def build_start_pool(config, task: str, world_model: tuple, stats, env) -> tuple[Latent, dict]:
+    """The start latents of ``task`` (``config.ppo.start_source``) and a description (source, count, states)."""
+    n = config.ppo.n_start_states
+    if config.ppo.start_source == "simulator":
+        robot, scene = simulator_start_states(config, task, n)
+        frames = [env.reset(robot_obs=r, scene_obs=s) for r, s in zip(robot, scene)]
+        pool = encode_start_frames(world_model, stats, frames, stage_key(config, f"finetune/{task}/start_pool"),
+                                   config.data.image_size)
+        return pool, {"robot_obs": robot, "scene_obs": scene}
+    split = CalvinSplit(split_dir(config, "training"))
+    cache = ensure_cache(config)["training"]
+    windows = task_windows(split, cache, task)
+    if len(windows) == 0:
+        raise DataError(f"{split.dir}: no annotation windows of task '{task}' for config.ppo.start_source="
+                        "'dataset'; collect more data or use start_source='simulator'")
+    rows = select_windows(windows, n, config.seed)[:, 0]
+    return load_features(config, "training").latent(rows), {"rows": rows}
+
+
+def load_or_build_start_pool(config, task: str, world_model: tuple, stats, env) -> Latent:
+    """The saved pool of an earlier (interrupted) run of the task, else a new one, saved."""
+    path = os.path.join(task_dir(config, task), START_POOL)
+    if os.path.exists(path):
+        with np.load(path) as saved:
+            return Latent(deter=saved["deter"], stoch=saved["stoch"])
+    pool, described = build_start_pool(config, task, world_model, stats, env)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described)
+    os.replace(tmp, path)
+    return pool
+
+
+# ---- curve ---------------------------------------------------------------------------------------------
+
+def read_curve(config, task: str) -> list[dict]:
+    path = os.path.join(task_dir(config, task), CURVE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["entries"]
+
+
+def _write_curve(config, task: str, entries: list[dict]) -> None:
+    _write_json(os.path.join(task_dir(config, task), CURVE), {"task": task, "entries": entries})
+
+
+# ---- one task -----------------------------------------------------------------------------------------
+
+def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts: tuple) -> dict:
+    """Fine-tune ``task``'s policy (resuming from its checkpoints); returns the task's summary."""
+    started = time.time()
+    ppo = config.ppo
+    ft_steps = config.policy.ft_denoising_steps
+    schedule, actor_pre = load_policy(config, task)
+    models = FrozenModels(wm=world_model[1], classifier=load_reward(config, task), actor_pre=actor_pre,
+                          schedule=schedule)
+    counting = CountingEnv(env)
+    pool = load_or_build_start_pool(config, task, world_model, stats, counting)
+    state = create_finetune_state(stage_key(config, f"finetune/{task}"), config, actor_pre, pool)
+    iteration = make_iteration(config, models, pool)
+    eval_steps = 0
+
+    def evaluate(actor) -> dict:
+        nonlocal eval_steps
+        result = evaluate_policy(config, task, actor_pre, actor, ft_steps, env=env, world_model=world_model,
+                                 stats=stats, starts=eval_starts)
+        eval_steps += result["sim_steps"]
+        return result
+
+    out = task_dir(config, task)
+    with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
+            Checkpointer(_checkpoint_dir(config, task), config=config.to_dict()) as ck:
+        resumed_from = ck.latest_step() or 0
+        # entries after the checkpoint the loop resumes from are recomputed, identically
+        curve = [e for e in read_curve(config, task) if e["iteration"] <= resumed_from]
+        if not curve:
+            result = evaluate(actor_pre)  # iteration 0: the pre-trained policy
+            curve = [{"iteration": 0, "imagined_success": None, "imagined_episodes": 0,
+                      "real_success": result["success_rate"], "eval_episodes": result["episodes"]}]
+            logger.scalars(0, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/")
+            _write_curve(config, task, curve)
+
+        def on_log(done: int, state: FinetuneState, mean: dict) -> None:
+            entry = {"iteration": done, "imagined_success": mean["success_rate"],
+                     "imagined_episodes": int(mean["episodes"]), "real_success": None, "eval_episodes": 0}
+            if done % ppo.eval_every == 0 or done == ppo.iterations:
+                result = evaluate(state.actor)
+                entry.update(real_success=result["success_rate"], eval_episodes=result["episodes"])
+                logger.scalars(done, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/")
+                info(f"[finetune] {task} iteration {done}: imagined success {mean['success_rate']:.3f}, "
+                     f"real success {result['success_rate']:.3f} ({result['episodes']} episodes)")
+            curve.append(entry)
+            _write_curve(config, task, curve)
+
+        state = run_loop(name=f"finetune/{task}", state=state, update=lambda s, _: iteration(s),
+                         batch_fn=lambda step: None, num_steps=ppo.iterations, checkpointer=ck, logger=logger,
+                         log_every=1, ckpt_every=ppo.ckpt_every, on_log=on_log, show_progress=config.log.progress)
+    final = curve[-1]
+    summary = {
+        "iterations": int(state.step),
+        "resumed_from": resumed_from,
+        "imagined_success": final["imagined_success"],
+        "imagined_success_first": curve[1]["imagined_success"] if len(curve) > 1 else None,
+        "real_success_pretrained": curve[0]["real_success"],
+        "real_success_final": final["real_success"],
+        "start_source": ppo.start_source,
+        "start_states": int(pool.deter.shape[0]),
+        "finetune_sim_steps": counting.steps,  # fine-tuning's own simulator steps: zero by construction
+        "start_frames_rendered": counting.resets,  # resets only (0 when the pool was reloaded or offline)
+        "eval_sim_steps": eval_steps,  # this session's periodic evaluations, counted apart
+        "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    _write_json(os.path.join(out, SUMMARY), summary)
+    return summary
+
+
+def finetune(config) -> dict:
+    """Stage runner: fine-tune the policy of every task in ``config.tasks`` in imagination."""
+    world_model = load_world_model(config)
+    caches = ensure_cache(config)
+    stats = caches["training"].stats
+    validation = CalvinSplit(split_dir(config, "validation"))
+    env = make_env(config)
+    summary = {}
+    try:
+        for task in config.tasks:
+            eval_starts = start_states(config, task, validation, caches["validation"])
+            summary[task] = finetune_task(config, task, world_model, stats, env, eval_starts)
+            s = summary[task]
+            info(f"[finetune] {task}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined success "
+                 f"{s['imagined_success_first']} -> {s['imagined_success']}, real {s['real_success_pretrained']} -> "
+                 f"{s['real_success_final']}, simulator steps while fine-tuning: {s['finetune_sim_steps']}")
+    finally:
+        env.close()
+    summary["finetune_sim_steps"] = sum(s["finetune_sim_steps"] for s in summary.values())
+    return summary
+
+
+def load_finetuned_actor(config, task: str) -> dict:
+    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run."""
+    if not os.path.exists(os.path.join(task_dir(config, task), SUMMARY)):
+        raise FileNotFoundError(f"{task_dir(config, task)}: no finished fine-tuning of '{task}'; run the "
+                                "'finetune' stage")
+    abstract = jax.eval_shape(lambda k: init_denoiser(k, config.policy, config.derived.latent_dim), jax.random.key(0))
+    with Checkpointer(_checkpoint_dir(config, task)) as ck:
+        return ck.restore({"actor": abstract})["actor"]
+
+
+def read_summary(config, task: str) -> dict:
+    with open(os.path.join(task_dir(config, task), SUMMARY)) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)

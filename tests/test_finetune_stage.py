@@ -1,0 +1,183 @@
+"""The finetune and evaluate stages end to end: one `launch.py` command on the tiny preset runs all seven
+stages and writes the result table with consistent numbers and zero simulator steps during fine-tuning;
+the simulator start pool is rendered from non-evaluation starts and encoded like an evaluation's first
+frame; the offline pool holds the training windows' first latents; and a fine-tuning run interrupted
+mid-way and rerun ends with the same checkpoint and curve as the uninterrupted run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from diwa_jax import config as configlib
+from diwa_jax import pipeline
+from diwa_jax.checkpoint import Checkpointer
+from diwa_jax.data.batching import select_windows, task_windows
+from diwa_jax.data.calvin_format import CalvinSplit
+from diwa_jax.evaluate import start_states
+from diwa_jax.finetune import stage
+from diwa_jax.finetune.agent import create_finetune_state
+from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.training import restore_state
+from diwa_jax.types import Latent
+from diwa_jax.world_model.featurize import load_features
+from diwa_jax.world_model.stage import ensure_cache
+from experiments.calvin import get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = "move_slider_left"  # the tiny preset's one task
+
+
+def tiny(workdir, **ppo):
+    c = get_config("tiny")
+    c.ppo.update(ppo)
+    return configlib.finalize(c, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline") / "run"
+    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config",
+           os.path.join(REPO, "experiments", "calvin.py") + ":tiny", "--workdir", str(workdir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir, out.stdout
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_one_command_runs_every_stage_and_writes_the_results(full_run):
+    workdir, stdout = full_run
+    config = tiny(workdir)
+    for s in pipeline.STAGES:
+        assert (workdir / s.name / pipeline.MARKER).exists(), s.name
+    results = read_json(workdir / "results.json")
+    assert set(results["tasks"]) == {TASK} and results["seed"] == config.seed and results["preset"] == "tiny"
+    r = results["tasks"][TASK]
+    assert r["episodes"] > 0 and r["episodes"] <= config.eval.max_episodes
+    for name in ("pretrained", "finetuned"):
+        assert r[f"{name}_success"] == pytest.approx(r[f"{name}_successes"] / r["episodes"])
+    assert r["gain"] == pytest.approx(r["finetuned_success"] - r["pretrained_success"])
+    # no simulator step while fine-tuning; the evaluation's own steps are there and bounded by the episode cap
+    assert results["finetune_sim_steps"] == 0 and r["finetune_sim_steps"] == 0
+    assert 0 < r["eval_sim_steps"] <= 2 * r["episodes"] * config.eval.max_steps
+    assert r["finetune_iterations"] == config.ppo.iterations
+    assert results["mean"]["finetuned_success"] == pytest.approx(r["finetuned_success"])
+    assert set(results["wall_time_s"]) == set(pipeline.STAGE_NAMES)
+
+    # the curve: iteration 0 (pre-trained, evaluated), then every iteration's imagined success, real success at
+    # every eval_every-th and the last; the final real success is the evaluate stage's (same starts and key)
+    curve = stage.read_curve(config, TASK)
+    assert [e["iteration"] for e in curve] == list(range(config.ppo.iterations + 1))
+    evaluated = [e["iteration"] for e in curve if e["real_success"] is not None]
+    assert evaluated == [0, 2, 3]  # tiny: eval_every 2, 3 iterations
+    assert all(0.0 <= e["imagined_success"] <= 1.0 and e["imagined_episodes"] > 0 for e in curve[1:])
+    assert curve[0]["real_success"] == r["pretrained_success"] and curve[-1]["real_success"] == r["finetuned_success"]
+    assert r["imagined_success"] == curve[-1]["imagined_success"]
+    summary = read_json(workdir / "finetune" / TASK / stage.SUMMARY)
+    assert summary["start_frames_rendered"] == config.ppo.n_start_states  # the counter saw the resets ...
+    assert summary["finetune_sim_steps"] == 0  # ... and no step
+    assert summary["eval_sim_steps"] > 0
+
+    table = (workdir / "results.md").read_text()
+    header = "| task | episodes | pre-trained % | fine-tuned % | gain | imagined % |"
+    assert header in table and header in stdout
+    row = (f"| {TASK} | {r['episodes']} | {100 * r['pretrained_success']:.1f} | {100 * r['finetuned_success']:.1f} | "
+           f"{100 * r['gain']:+.1f} | {100 * r['imagined_success']:.1f} |")
+    assert row in table and "mean over tasks" in table and "during fine-tuning: **0**" in table
+    assert (workdir / "success_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_run):
+    workdir, _ = full_run
+    config = tiny(workdir)
+    with np.load(workdir / "finetune" / TASK / stage.START_POOL) as saved:
+        pool, robot, scene = Latent(deter=saved["deter"], stoch=saved["stoch"]), saved["robot_obs"], saved["scene_obs"]
+    n = config.ppo.n_start_states
+    assert pool.deter.shape == (n, config.wm.deter) and robot.shape == (n, 15) and scene.shape == (n, 24)
+    # the task's random starts (slider not yet left), none of them an evaluation start
+    np.testing.assert_array_equal(np.stack(stage.simulator_start_states(config, TASK, n)[1]), scene)
+    caches = ensure_cache(config)
+    _, eval_scenes = start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
+    assert not any(np.allclose(s, e) for s in scene for e in eval_scenes)
+    # re-rendering and encoding the first start reproduces its pool latent: a reset posterior on one frame
+    from diwa_jax.evaluate import make_env
+    from diwa_jax.world_model.stage import load_world_model
+    env = make_env(config)
+    try:
+        frame = env.reset(robot_obs=robot[0], scene_obs=scene[0])
+    finally:
+        env.close()
+    latent = stage.encode_start_frames(load_world_model(config), caches["training"].stats, [frame],
+                                       configlib.stage_key(config, f"finetune/{TASK}/start_pool"),
+                                       config.data.image_size)
+    np.testing.assert_allclose(latent.deter[0], pool.deter[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(latent.stoch[0], pool.stoch[0])  # the posterior sample: image and key
+    assert len(np.unique(pool.stoch.argmax(-1), axis=0)) > 1  # different frames, different posteriors
+
+    # offline pool: the featurized latents at the first frame of the task's training windows
+    offline = tiny(workdir, start_source="dataset")
+    pool, described = stage.build_start_pool(offline, TASK, None, None, None)
+    windows = task_windows(CalvinSplit(split_dir(config, "training")), caches["training"], TASK)
+    rows = select_windows(windows, n, config.seed)[:, 0]
+    np.testing.assert_array_equal(described["rows"], rows)
+    features = load_features(config, "training")
+    np.testing.assert_array_equal(pool.deter, features.deter[rows])
+    np.testing.assert_array_equal(pool.stoch.argmax(-1), features.stoch[rows])
+
+
+def finetune_state(config):
+    """The ``FinetuneState`` in the task's last fine-tuning checkpoint."""
+    _, actor_pre = load_policy(config, TASK)
+    with np.load(os.path.join(stage.task_dir(config, TASK), stage.START_POOL)) as saved:
+        pool = Latent(deter=saved["deter"], stoch=saved["stoch"])
+    template = create_finetune_state(jax.random.key(0), config, actor_pre, pool)
+    with Checkpointer(os.path.join(stage.task_dir(config, TASK), "checkpoints")) as ck:
+        return ck.latest_step(), restore_state(ck, template)
+
+
+def as_numpy(tree):
+    is_key = lambda x: isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+    return [np.asarray(jax.random.key_data(x) if is_key(x) else x) for x in jax.tree.leaves(tree)]
+
+
+def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_path, monkeypatch):
+    workdir, _ = full_run
+    resumed = tmp_path / "run"
+    shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*",
+                                                                      "success_curves.png"))
+    config = tiny(resumed)
+    assert config.ppo.ckpt_every == 1 and config.ppo.eval_every == 2
+
+    save = Checkpointer.save
+
+    def killed_before_checkpoint_2(self, step, items, **kwargs):  # after iteration 2's curve entry was written
+        if step == 2:
+            raise KeyboardInterrupt
+        return save(self, step, items, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", killed_before_checkpoint_2)
+    with pytest.raises(KeyboardInterrupt):
+        stage.finetune(config)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    # the curve is ahead of the last checkpoint: the rerun must recompute iteration 2, not append it twice
+    assert finetune_state(config)[0] == 1
+    assert [e["iteration"] for e in stage.read_curve(config, TASK)] == [0, 1, 2]
+    assert not os.path.exists(os.path.join(stage.task_dir(config, TASK), stage.SUMMARY))
+    summary = stage.finetune(config)[TASK]
+    assert summary["resumed_from"] == 1 and summary["iterations"] == config.ppo.iterations
+    assert summary["finetune_sim_steps"] == 0
+
+    (step_a, a), (step_b, b) = finetune_state(tiny(workdir)), finetune_state(config)
+    assert step_a == step_b == config.ppo.iterations
+    leaves_a, leaves_b = as_numpy(a), as_numpy(b)
+    assert len(leaves_a) == len(leaves_b) and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+    assert stage.read_curve(config, TASK) == stage.read_curve(tiny(workdir), TASK)
