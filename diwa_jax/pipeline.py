@@ -15,6 +15,7 @@ import os
 import time
 from typing import Callable, Sequence
 
+from diwa_jax.atomic import write_json
 from diwa_jax.config import ConfigError, sections
 from diwa_jax.logging import info
 
@@ -103,13 +104,8 @@ def is_complete(config, stage: Stage) -> bool:
 
 
 def mark_complete(config, stage: Stage, summary: dict | None = None) -> None:
-    path = _marker_path(config, stage)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"stage": stage.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "config": _dependencies(config, stage), "summary": summary or {}}, f, indent=2)
-    os.replace(tmp, path)
+    write_json(_marker_path(config, stage), {"stage": stage.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                             "config": _dependencies(config, stage), "summary": summary or {}})
 
 
 def select(names: Sequence[str] | None) -> tuple[Stage, ...]:

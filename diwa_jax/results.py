@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax import pipeline
 from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.evaluate import evaluate_policy, make_env, start_states
@@ -87,7 +88,7 @@ def plot_curves(path: str, curves: dict[str, list[dict]]) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
+    tmp = path + ".tmp.png"  # matplotlib picks the format from the name
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
@@ -145,16 +146,10 @@ def evaluate_stage(config) -> dict:
     }
     workdir = config.derived.workdir
     table = results_table(results)
-    _write_text(os.path.join(workdir, RESULTS_JSON), json.dumps(results, indent=2))
-    _write_text(os.path.join(workdir, RESULTS_MD), f"# DiWA results ({config.preset})\n\n{table}\n")
+    write_json(os.path.join(workdir, RESULTS_JSON), results)
+    markdown = f"# DiWA results ({config.preset})\n\n{table}\n".encode()
+    atomic_write(os.path.join(workdir, RESULTS_MD), lambda f: f.write(markdown))
     plot_curves(os.path.join(workdir, CURVES_PNG), curves)
     info(table)
     return {"mean": results["mean"], "tasks_improved": results["tasks_improved"],
             "finetune_sim_steps": results["finetune_sim_steps"]}
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

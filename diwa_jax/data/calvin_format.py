@@ -11,10 +11,12 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
+
+from diwa_jax.atomic import atomic_write
 
 FRAME_PREFIX = "episode_"
 FRAME_DIGITS = 7
@@ -48,20 +50,6 @@ def frame_filename(frame_id: int, prefix: str = FRAME_PREFIX, digits: int = FRAM
     return f"{prefix}{int(frame_id):0{digits}d}.npz"
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    # A private temporary name per process, then a rename: readers and concurrent writers never
-    # see a half-written file, and a killed writer leaves only a `.tmp` that no reader matches.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _check_frame_input(frame: Mapping[str, Any]) -> dict[str, np.ndarray]:
     missing = [k for k in FRAME_KEYS if k not in frame]
     if missing:
@@ -85,7 +73,7 @@ def write_frame(split_dir: str | os.PathLike, frame_id: int, frame: Mapping[str,
     """Writes ``episode_<frame_id>.npz`` (compressed) atomically; extra keys (e.g. depth) are kept."""
     arrays = _check_frame_input(frame)
     path = Path(split_dir) / frame_filename(frame_id)
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 
@@ -189,14 +177,14 @@ def write_split_metadata(
         raise ValueError(f"write_split_metadata: ep_start_end_ids must be (E>0, 2) with end >= start, got {segments}")
     if scene_info is None:
         scene_info = {DEFAULT_SCENE: [int(segments.min()), int(segments.max())]}
-    save = lambda name, value: _atomic_write(split_dir / name, lambda f: np.save(f, value, allow_pickle=True))
+    save = lambda name, value: atomic_write(split_dir / name, lambda f: np.save(f, value, allow_pickle=True))
     save(EP_START_END_IDS, segments)
     save(EP_LENS, segments[:, 1] - segments[:, 0] + 1)
     save(SCENE_INFO, np.array(dict(scene_info), dtype=object))
     if lang_annotations is not None:
         save(LANG_ANN, np.array(dict(lang_annotations), dtype=object))
     text = yaml.safe_dump(_plain(statistics), sort_keys=False, default_flow_style=None)
-    _atomic_write(split_dir / STATISTICS, lambda f: f.write(text.encode()))
+    atomic_write(split_dir / STATISTICS, lambda f: f.write(text.encode()))
 
 
 def write_synthetic_split(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diwa_jax.atomic import atomic_write
 from diwa_jax.data import calvin_format as cf
 from diwa_jax.envs.oracle import TASKS, success_all_np
 from diwa_jax.logging import info, progress
@@ -83,7 +84,7 @@ def _collect_segment(job: SegmentJob) -> int:
     path = _record_path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = {f.name: np.asarray(getattr(stats, f.name)) for f in dataclasses.fields(stats)}
-    cf._atomic_write(path, lambda f: np.savez(f, windows=np.asarray(windows, np.int64).reshape(-1, 2),
+    atomic_write(path, lambda f: np.savez(f, windows=np.asarray(windows, np.int64).reshape(-1, 2),
                                               tasks=np.asarray(tasks, dtype=str), **fields))
     return job.n_frames
 

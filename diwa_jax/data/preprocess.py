@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from diwa_jax.atomic import write_json
 from diwa_jax.data.calvin_format import IMAGE_KEYS, CalvinSplit, DataError, FrameSpec, read_frame
 
 CACHE_VERSION = 1
@@ -201,12 +202,6 @@ def _decode_chunk(task: _ChunkTask) -> int:
     return task.index
 
 
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -249,7 +244,7 @@ def _start_fresh(out: Path, split: CalvinSplit, plan: dict) -> None:
     lengths = split.segments[:, 1] - split.segments[:, 0] + 1
     ends = np.cumsum(lengths) - 1
     np.save(out / "segments.npy", np.stack([ends - lengths + 1, ends], axis=1).astype(np.int64))
-    _write_json(out / PLAN, plan)
+    write_json(out / PLAN, plan)
 
 
 def build_cache(
@@ -317,8 +312,8 @@ def build_cache(
         state[rows] = stats.normalize_state(s)
     proprio.flush()
     state.flush()
-    _write_json(out / STATS, stats.to_json())
-    _write_json(out / COMPLETE, {"n_frames": len(split)})
+    write_json(out / STATS, stats.to_json())
+    write_json(out / COMPLETE, {"n_frames": len(split)})
     return out
 
 

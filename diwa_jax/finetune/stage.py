@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
@@ -126,10 +127,7 @@ def load_or_build_start_pool(config, task: str, world_model: tuple, stats, env) 
         with np.load(path) as saved:
             return Latent(deter=saved["deter"], stoch=saved["stoch"])
     pool, described = build_start_pool(config, task, world_model, stats, env)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described))
     return pool
 
 
@@ -144,7 +142,7 @@ def read_curve(config, task: str) -> list[dict]:
 
 
 def _write_curve(config, task: str, entries: list[dict]) -> None:
-    _write_json(os.path.join(task_dir(config, task), CURVE), {"task": task, "entries": entries})
+    write_json(os.path.join(task_dir(config, task), CURVE), {"task": task, "entries": entries})
 
 
 # ---- one task -----------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts
         "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
         "wall_time_s": round(time.time() - started, 1),
     }
-    _write_json(os.path.join(out, SUMMARY), summary)
+    write_json(os.path.join(out, SUMMARY), summary)
     return summary
 
 
@@ -253,11 +251,3 @@ def load_finetuned_actor(config, task: str) -> dict:
 def read_summary(config, task: str) -> dict:
     with open(os.path.join(task_dir(config, task), SUMMARY)) as f:
         return json.load(f)
-
-
-def _write_json(path: str, value: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)

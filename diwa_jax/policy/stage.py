@@ -10,7 +10,6 @@ Writes ``<workdir>/policy/<task>/``: ``checkpoints/`` (orbax), ``metrics.jsonl``
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Sequence
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diwa_jax.atomic import write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import expert_chunks, select_windows, task_windows
@@ -112,7 +112,7 @@ def train_task_policy(config, task: str, cond: np.ndarray, actions: np.ndarray) 
     summary = {"samples": n, "steps_per_epoch": per_epoch, "steps": int(state.step), "epochs": cfg.epochs,
                "loss": mean_bc_loss(state.params, schedule, cond, actions),
                "ema_loss": mean_bc_loss(state.ema_params, schedule, cond, actions)}
-    _write_json(os.path.join(out, SUMMARY), summary)
+    write_json(os.path.join(out, SUMMARY), summary)
     return summary
 
 
@@ -149,10 +149,3 @@ def load_policy(config, task: str) -> tuple[DDPMSchedule, dict]:
     abstract = jax.eval_shape(lambda k: init_denoiser(k, config.policy, config.derived.latent_dim), jax.random.key(0))
     with Checkpointer(_checkpoint_dir(config, task)) as ck:
         return policy_schedule(config), ck.restore({"ema_params": abstract})["ema_params"]
-
-
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)

@@ -14,12 +14,12 @@ validation precision/recall, written last: the task is complete).
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
 import numpy as np
 
+from diwa_jax.atomic import write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import task_windows
@@ -145,10 +145,7 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
                "val_frames": int(len(val_labels)), "val_positives": int(val_labels.sum()),
                "train_samples": n, "train_positives": int(train["labels"].sum()),
                "train_real": train["n_real"], "train_imagined": train["n_imagined"], "steps": int(state.step)}
-    tmp = os.path.join(out, METRICS + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, os.path.join(out, METRICS))
+    write_json(os.path.join(out, METRICS), metrics)
     return metrics
 
 

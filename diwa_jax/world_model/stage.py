@@ -6,12 +6,12 @@ error on validation sequences against the baseline of repeating the last context
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
+from diwa_jax.atomic import write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import SequenceSampler
@@ -125,7 +125,7 @@ def train_world_model(config) -> dict:
         _plot_scene(os.path.join(out, "openloop_scene_state.png"), scene)
     summary = {"steps": int(state.step), "train_frames": len(caches["training"]),
                "openloop": {"context": context, "horizon": horizon, **report}}
-    _write_json(os.path.join(out, "openloop.json"), summary["openloop"])
+    write_json(os.path.join(out, "openloop.json"), summary["openloop"])
     if spec.uses_images:
         pred = jax.device_get(predict(state.params, batch, eval_key))
         truth = np.asarray(model.normalize_image(batch["rgb_static"][0, context:]))
@@ -169,13 +169,6 @@ def _plot_scene(path: str, scene: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _save_png(path: str, image: np.ndarray) -> None:
