@@ -13,6 +13,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for every artifact of the run (created if missing)")
 _STAGES = flags.DEFINE_list("stages", [], "stages to run, in pipeline order (default: all)")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host runs (TPU pods, GPU clusters): start the same command on every host with its --process_id.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 of a multi-process run; auto: from the cluster (TPU pod)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "processes in the run (1: no jax.distributed)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "this process's index in [0, num_processes)")
 
 
 
@@ -23,11 +28,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep JAX's start-up INFO lines (no TPU, ...) off the console
     # Imported here so that `--help` and flag errors stay fast and free of JAX start-up noise.
     from diwa_jax import config as configlib
-    from diwa_jax import pipeline
+    from diwa_jax import distributed, pipeline
     from diwa_jax.checkpoint import CheckpointError
     from diwa_jax.data.calvin_format import DataError
     from diwa_jax.training import TrainingDiverged
 
+    try:  # before anything touches a device
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
         os.makedirs(config.derived.workdir, exist_ok=True)

@@ -30,9 +30,12 @@ def tiny_config(**ppo):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_models():
-    """Frozen models and a perturbed fine-tuned actor from the real init functions, and a start pool."""
+def tiny_models(wm_variant: str = "vision"):
+    """Frozen models and a perturbed fine-tuned actor from the real init functions, and a start pool.
+    Imagination uses only the RSSM: ``wm_variant="state"`` gives the same sizes without the conv towers'
+    initialisation to compile."""
     config = tiny_config()
+    config.wm.variant = wm_variant
     spec = wm.as_spec(config.wm)
 
     @jax.jit

@@ -29,6 +29,7 @@ from diwa_jax.finetune.imagine import (EnvState, FrozenModels, RolloutSpec, imag
 from diwa_jax.finetune.networks import critic_value, init_critic
 from diwa_jax.finetune.optim import actor_optimizer, critic_optimizer
 from diwa_jax.finetune.reward_scaler import VAR_EPS, RewardScalerState, init_reward_scaler, update_and_scale
+from diwa_jax.mesh import split_over_data
 from diwa_jax.policy.sampling import chain_logprob, sample_chain, transition_logprob
 from diwa_jax.types import Latent
 
@@ -218,6 +219,7 @@ def ppo_update(spec: FinetuneSpec, models: FrozenModels, state: FinetuneState, b
     n_minibatches = rows.shape[1]
     bc_keys = jax.vmap(lambda k: jax.random.split(k, n_minibatches))(bc_keys)  # (E, M)
     rows, bc_keys = rows.reshape((-1, rows.shape[-1])), bc_keys.reshape(-1)
+    rows = split_over_data(rows, axis=1)  # on a device mesh, each device computes its share of every minibatch
     actor_tx, critic_tx = spec.optimizers()
     grad_fn = jax.grad(lambda a, c, r, k: _losses(spec, models, a, c, batch, r, k), argnums=(0, 1), has_aux=True)
     metric_shapes = jax.eval_shape(lambda: _losses(spec, models, state.actor, state.critic, batch, rows[0],

@@ -7,7 +7,7 @@ critic is randomly initialised that way.
 """
 import jax
 
-from diwa_jax.policy.layers import dense, init_dense
+from diwa_jax.policy.layers import dense, init_dense, mish
 
 LAYERS = ("input", "block_1", "block_2", "output")
 
@@ -27,6 +27,6 @@ def critic_value(params, feature):
             f"diwa_jax/finetune/networks.py: critic built for {expected}-D latent features (deter + stoch*classes);"
             f" got feature shape {feature.shape}")
     hidden = dense(params["input"], feature)
-    residual = dense(params["block_1"], jax.nn.mish(hidden))
-    hidden = hidden + dense(params["block_2"], jax.nn.mish(residual))
+    residual = dense(params["block_1"], mish(hidden))
+    hidden = hidden + dense(params["block_2"], mish(residual))
     return dense(params["output"], hidden)[..., 0]

@@ -3,7 +3,8 @@
 ``x (B, Ta, A)`` noisy chunk, ``t`` integer step (scalar or ``(B,)``), ``cond (B, C)`` latent feature ->
 predicted noise ``(B, Ta, A)``. The first layer acts on ``concat(flatten(x), time_emb, cond)``; its weight is
 stored as three row blocks so the cond's share (by far the largest, C = 2048 of 2092 inputs) can be computed
-once per chunk with ``cond_projection`` and reused across the K denoising steps.
+once per chunk with ``cond_projection`` and reused across the K denoising steps, and the time's share once per
+step with ``time_projection``.
 """
 import math
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diwa_jax.policy.layers import dense, init_dense
+from diwa_jax.policy.layers import dense, init_dense, mish
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
@@ -51,16 +52,27 @@ def cond_projection(params: dict, cond: jnp.ndarray) -> jnp.ndarray:
     return cond @ params["input"]["w_cond"] + params["input"]["b"]
 
 
-def denoise_eps_from_projection(params: dict, x: jnp.ndarray, t: jnp.ndarray, proj: jnp.ndarray) -> jnp.ndarray:
-    """``denoise_eps`` with the cond already projected by ``cond_projection``."""
+def time_projection(params: dict, t: jnp.ndarray) -> jnp.ndarray:
+    """The time embedding's share of the first layer: ``t`` (scalar or ``(B,)``) -> ``(mlp_dim,)`` or
+    ``(B, mlp_dim)``. It depends on t alone, so samplers tabulate it per denoising step, not per row."""
     time_dim = params["time_1"]["w"].shape[0]
     time_emb = sinusoidal_embedding(t, time_dim)
-    time_emb = dense(params["time_2"], jax.nn.mish(dense(params["time_1"], time_emb)))
+    time_emb = dense(params["time_2"], mish(dense(params["time_1"], time_emb)))
+    return time_emb @ params["input"]["w_time"]
+
+
+def denoise_eps_from_shares(params: dict, x: jnp.ndarray, shares: jnp.ndarray) -> jnp.ndarray:
+    """``denoise_eps`` given the first layer's time and cond shares, summed (``(B, mlp_dim)``, or broadcastable)."""
     flat_x = x.reshape(x.shape[0], -1)
-    h = flat_x @ params["input"]["w_noisy"] + time_emb @ params["input"]["w_time"] + proj
+    h = flat_x @ params["input"]["w_noisy"] + shares
     # One pre-activation residual block.
-    h = h + dense(params["res_2"], jax.nn.mish(dense(params["res_1"], jax.nn.mish(h))))
+    h = h + dense(params["res_2"], mish(dense(params["res_1"], mish(h))))
     return dense(params["output"], h).reshape(x.shape)
+
+
+def denoise_eps_from_projection(params: dict, x: jnp.ndarray, t: jnp.ndarray, proj: jnp.ndarray) -> jnp.ndarray:
+    """``denoise_eps`` with the cond already projected by ``cond_projection``."""
+    return denoise_eps_from_shares(params, x, time_projection(params, t) + proj)
 
 
 def denoise_eps(params: dict, x: jnp.ndarray, t: jnp.ndarray, cond: jnp.ndarray) -> jnp.ndarray:

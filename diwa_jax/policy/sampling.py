@@ -9,7 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diwa_jax.policy.denoiser import cond_projection, denoise_eps_from_projection
+from diwa_jax.policy.denoiser import cond_projection, denoise_eps_from_shares, time_projection
 from diwa_jax.policy.schedule import DDPMSchedule
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -22,10 +22,11 @@ def _at(table: jnp.ndarray, t: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
 
 
 def reverse_mean(
-    params: dict, schedule: DDPMSchedule, x: jnp.ndarray, t: jnp.ndarray, proj: jnp.ndarray, denoised_clip: float
+    params: dict, schedule: DDPMSchedule, x: jnp.ndarray, t: jnp.ndarray, shares: jnp.ndarray, denoised_clip: float
 ) -> jnp.ndarray:
-    """Mean of reverse step t, which maps ``x = x_{t+1}`` to x_t: ``mu = c1_t * clip(x0_hat) + c2_t * x``."""
-    eps = denoise_eps_from_projection(params, x, t, proj)
+    """Mean of reverse step t, which maps ``x = x_{t+1}`` to x_t: ``mu = c1_t * clip(x0_hat) + c2_t * x``.
+    ``shares``: the first layer's time and cond shares, summed (``time_projection`` + ``cond_projection``)."""
+    eps = denoise_eps_from_shares(params, x, shares)
     x0_hat = _at(schedule.sqrt_recip_acp, t, x) * x - _at(schedule.sqrt_recipm1_acp, t, x) * eps
     x0_hat = jnp.clip(x0_hat, -denoised_clip, denoised_clip)
     return _at(schedule.mu_c1, t, x) * x0_hat + _at(schedule.mu_c2, t, x) * x
@@ -86,20 +87,26 @@ def sample_chain(
     x_init = jax.random.normal(init_key, (cond.shape[0],) + tuple(chunk_shape), jnp.float32)
 
     def run_steps(params, x, timesteps):
-        proj = cond_projection(params, cond)  # once per chunk, reused by every step of this part
+        # Work that does not depend on x, hoisted out of the sequential steps: the cond's share of the first layer
+        # (once per chunk), the time's (once per step, not per row), and every step's noise in one draw (the same
+        # numbers as drawing from fold_in(step_key, t) at step t).
+        proj = cond_projection(params, cond)
+        time_shares = time_projection(params, timesteps)
+        noises = jax.vmap(lambda t: jax.random.normal(jax.random.fold_in(step_key, t), x.shape))(timesteps)
+        noises = jnp.clip(noises, -randn_clip, randn_clip)
 
-        def step(x, t):
-            mu = reverse_mean(params, schedule, x, t, proj, denoised_clip)
+        def step(x, inputs):
+            t, time_share, noise = inputs
+            mu = reverse_mean(params, schedule, x, t, proj + time_share, denoised_clip)
             std = sampling_std(
                 schedule, t, min_std=min_std, deterministic=deterministic, deterministic_min_std=deterministic_min_std
             )
-            noise = jnp.clip(jax.random.normal(jax.random.fold_in(step_key, t), x.shape), -randn_clip, randn_clip)
             x = mu + std * noise
             if logprob_min_std is None:
                 return x, x
             return x, (x, gaussian_logprob(x, mu, jnp.maximum(schedule.ddpm_std[t], logprob_min_std)))
 
-        return jax.lax.scan(step, x, timesteps)
+        return jax.lax.scan(step, x, (timesteps, time_shares, noises))
 
     x_ft_start, _ = run_steps(params_pre, x_init, jnp.arange(schedule.num_steps - 1, ft_steps - 1, -1))
     x_final, ft_outputs = run_steps(params_ft, x_ft_start, jnp.arange(ft_steps - 1, -1, -1))
@@ -135,10 +142,12 @@ def chain_logprob(
     chunk_shape = chain.shape[2:]
     x_next = chain[:, :-1].reshape((batch * ft_steps,) + chunk_shape)
     x_cur = chain[:, 1:].reshape((batch * ft_steps,) + chunk_shape)
-    timesteps = jnp.tile(jnp.arange(ft_steps - 1, -1, -1), batch)
-    proj = jnp.repeat(cond_projection(params_ft, cond), ft_steps, axis=0)  # projected once per sample
-    logprob = _transition_logprob(params_ft, schedule, proj, x_next, x_cur, timesteps, min_logprob_std,
-                                  denoised_clip, clamp)
+    steps = jnp.arange(ft_steps - 1, -1, -1)
+    timesteps = jnp.tile(steps, batch)
+    # the cond's share once per sample, the time's once per step
+    shares = cond_projection(params_ft, cond)[:, None] + time_projection(params_ft, steps)
+    logprob = _transition_logprob(params_ft, schedule, shares.reshape(batch * ft_steps, -1), x_next, x_cur,
+                                  timesteps, min_logprob_std, denoised_clip, clamp)
     return logprob.reshape((batch, ft_steps) + chunk_shape)
 
 
@@ -156,12 +165,13 @@ def transition_logprob(
 ) -> jnp.ndarray:
     """``chain_logprob`` for independent rows: the log-density of ``x_cur (R, Ta, A)`` given ``x_next (R, Ta, A)``
     at denoising steps ``timesteps (R,)`` with ``cond (R, C)``, ``(R, Ta, A)``."""
-    return _transition_logprob(params_ft, schedule, cond_projection(params_ft, cond), x_next, x_cur, timesteps,
-                               min_logprob_std, denoised_clip, clamp)
+    time_shares = time_projection(params_ft, jnp.arange(schedule.num_steps))[timesteps]  # a table, not per row
+    return _transition_logprob(params_ft, schedule, cond_projection(params_ft, cond) + time_shares, x_next, x_cur,
+                               timesteps, min_logprob_std, denoised_clip, clamp)
 
 
-def _transition_logprob(params, schedule, proj, x_next, x_cur, timesteps, min_logprob_std, denoised_clip, clamp):
-    mu = reverse_mean(params, schedule, x_next, timesteps, proj, denoised_clip)
+def _transition_logprob(params, schedule, shares, x_next, x_cur, timesteps, min_logprob_std, denoised_clip, clamp):
+    mu = reverse_mean(params, schedule, x_next, timesteps, shares, denoised_clip)
     std = _at(jnp.maximum(schedule.ddpm_std, min_logprob_std), timesteps, x_cur)
     logprob = gaussian_logprob(x_cur, mu, std)
     if clamp is not None:
