@@ -145,10 +145,16 @@ class ClosedLoop:
 
 
 def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, loop: ClosedLoop, *, act_steps: int,
-                max_steps: int, filter_every_frame: bool = True) -> tuple[bool, int]:
-    """One closed-loop episode from a start state: ``(success, simulator steps used)``."""
+                max_steps: int, filter_every_frame: bool = True,
+                on_frame: Callable[[dict], None] | None = None) -> tuple[bool, int]:
+    """One closed-loop episode from a start state: ``(success, simulator steps used)``.
+
+    ``on_frame`` (optional) sees every simulator observation, the reset one first, without changing the episode
+    (rollout videos record the frames this way instead of copying the loop)."""
     column = task_index(task)
     obs = env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+    if on_frame is not None:
+        on_frame(obs)
     start_scene = np.asarray(obs["scene_obs"], np.float64)
     latent = loop.observe(None, RESET_ACTION.astype(np.float64), obs, 0)
     steps, chunk = 0, 0
@@ -159,6 +165,8 @@ def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, lo
             action = executed_action(actions[i])
             obs, _ = env.step(action)
             steps += 1
+            if on_frame is not None:
+                on_frame(obs)
             if success_all_np(start_scene, np.asarray(obs["scene_obs"]))[column]:
                 return True, steps
             if steps >= max_steps:
@@ -171,13 +179,15 @@ def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, lo
 
 def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, episodes: int | None = None,
                     key: jax.Array | None = None, *, env=None, world_model: tuple | None = None,
-                    stats: NormStats | None = None, starts: tuple | None = None) -> dict:
+                    stats: NormStats | None = None, starts: tuple | None = None,
+                    on_frame: Callable[[dict], None] | None = None) -> dict:
     """Success of the policy (``actor_pre`` for denoising steps >= ``ft_steps``, ``actor_ft`` below) on ``task``.
 
     ``episodes``: how many of the start states to use (None: all of them). Defaults load the pipeline's
     artifacts: ``world_model = (spec, params)`` from the world_model stage, ``stats`` (training NormStats) and
     ``starts = (robot_obs (E, 15), scene_obs (E, 24))`` from the cache, ``env`` from ``make_env`` (closed at the
-    end; a passed env is left open). Returns success_rate, successes, episodes, mean_steps, sim_steps.
+    end; a passed env is left open). ``on_frame``: passed to every ``run_episode``. Returns success_rate, successes,
+    episodes, mean_steps, sim_steps.
     """
     if world_model is None:
         world_model = load_world_model(config)
@@ -224,7 +234,7 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
             results.append(run_episode(env, robot_starts[episode], scene_starts[episode], task,
                                        loop_for(jax.random.fold_in(key, episode)), act_steps=config.policy.act_steps,
                                        max_steps=config.eval.max_steps,
-                                       filter_every_frame=config.eval.filter_every_frame))
+                                       filter_every_frame=config.eval.filter_every_frame, on_frame=on_frame))
     finally:
         if own_env:
             env.close()

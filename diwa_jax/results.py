@@ -6,7 +6,10 @@ params, ``actor_ft = actor_pre``) and the fine-tuned one (the last fine-tuning c
 and fine-tuning's simulator-step count come from the finetune stage, wall times from the stage markers.
 
 Writes ``<workdir>/results.json``, ``<workdir>/results.md`` (the table, also printed) and
-``<workdir>/success_curves.png`` (imagined and real success over fine-tuning iterations per task).
+``<workdir>/success_curves.png`` (imagined and real success over fine-tuning iterations per task). With
+``config.log.video``, also each policy's real vs imagined episode from the task's first evaluation start
+(``diwa_jax/videos.py``) to TensorBoard under ``<workdir>/evaluate`` and ``<workdir>/videos/<task>_<policy>.gif``;
+their simulator steps count as evaluation steps.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from diwa_jax import pipeline
 from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.evaluate import evaluate_policy, make_env, start_states
 from diwa_jax.finetune.stage import load_finetuned_actor, read_curve, read_summary
-from diwa_jax.logging import info
+from diwa_jax.logging import MetricLogger, info
 from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.videos import write_task_videos
 from diwa_jax.world_model.stage import ensure_cache, load_world_model
 
 RESULTS_JSON = "results.json"
@@ -103,6 +107,8 @@ def evaluate_stage(config) -> dict:
     validation = CalvinSplit(split_dir(config, "validation"))
     ft_steps = config.policy.ft_denoising_steps
     env = make_env(config)
+    videos = (MetricLogger(pipeline.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
+              if config.log.video else None)
     tasks, curves = {}, {}
     try:
         for task in config.tasks:
@@ -112,6 +118,9 @@ def evaluate_stage(config) -> dict:
             common = dict(env=env, world_model=world_model, stats=stats, starts=starts)
             pre = evaluate_policy(config, task, actor_pre, actor_pre, ft_steps, **common)
             ft = evaluate_policy(config, task, actor_pre, actor_ft, ft_steps, **common)
+            video_sim_steps = 0 if videos is None else write_task_videos(
+                config, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)}, ft_steps,
+                videos, **common)
             finetuned = read_summary(config, task)
             curves[task] = read_curve(config, task)
             tasks[task] = {
@@ -125,12 +134,14 @@ def evaluate_stage(config) -> dict:
                 "finetune_iterations": finetuned["iterations"],
                 "finetune_wall_time_s": finetuned["wall_time_s"],
                 "finetune_sim_steps": finetuned["finetune_sim_steps"],
-                "eval_sim_steps": pre["sim_steps"] + ft["sim_steps"],
+                "eval_sim_steps": pre["sim_steps"] + ft["sim_steps"] + video_sim_steps,
             }
             info(f"[evaluate] {task}: pre-trained {pre['success_rate']:.3f}, fine-tuned {ft['success_rate']:.3f} "
                  f"({pre['episodes']} episodes)")
     finally:
         env.close()
+        if videos is not None:
+            videos.close()
     mean = lambda key: float(np.mean([t[key] for t in tasks.values()]))  # noqa: E731
     imagined = [t["imagined_success"] for t in tasks.values() if t["imagined_success"] is not None]
     results = {
