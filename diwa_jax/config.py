@@ -150,6 +150,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.reward_mode": _one_of("binary", "probability"),
     "ppo.alpha_bc": _non_negative,
     "ppo.start_source": _one_of("simulator", "dataset"),
+    "ppo.devices": _non_negative,
     "ppo.n_start_states": _positive,
     "ppo.ckpt_every": _positive,
     "eval.max_steps": _positive,

@@ -181,3 +181,24 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     leaves_a, leaves_b = as_numpy(a), as_numpy(b)
     assert len(leaves_a) == len(leaves_b) and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
     assert stage.read_curve(config, TASK) == stage.read_curve(tiny(workdir), TASK)
+
+
+def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
+    """`ppo.devices=0` splits the envs over every (fake CPU) device: the same run as on one device, discrete
+    outputs exact (curve), parameters up to the reassociation of cross-device sums."""
+    workdir, _ = full_run
+    runs = {}
+    for devices in (1, 0):
+        run_dir = tmp_path / f"devices{devices}"
+        shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*",
+                                                                         "success_curves.png"))
+        config = tiny(run_dir, devices=devices, n_envs=jax.device_count())
+        summary = stage.finetune(config)[TASK]
+        assert summary["finetune_sim_steps"] == 0
+        runs[devices] = (config, finetune_state(config))
+    assert jax.device_count() == 8
+    (config_1, (step_1, state_1)), (config_all, (step_all, state_all)) = runs[1], runs[0]
+    assert step_1 == step_all == config_1.ppo.iterations
+    assert stage.read_curve(config_all, TASK) == stage.read_curve(config_1, TASK)
+    for x, y in zip(as_numpy(state_1), as_numpy(state_all)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

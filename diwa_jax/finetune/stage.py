@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from diwa_jax import distributed
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
@@ -145,6 +146,32 @@ def _write_curve(config, task: str, entries: list[dict]) -> None:
     write_json(os.path.join(task_dir(config, task), CURVE), {"task": task, "entries": entries})
 
 
+# ---- devices ------------------------------------------------------------------------------------------
+
+def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: FinetuneState):
+    """``iteration(state) -> (state, metrics)`` on ``config.ppo.devices`` devices: 1 is ``make_iteration``'s
+    single-device program; otherwise the envs and PPO minibatches are split over a ``data`` mesh (0: every
+    device of every process) and the frozen models replicated. A state not yet on the mesh (a fresh or a
+    restored one) is placed there first; host values are identical in every process (same seed, same files)."""
+    n = config.ppo.devices or jax.device_count()
+    if n == 1:
+        return make_iteration(config, models, pool)
+    if n > jax.device_count():
+        raise ValueError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
+    mesh = distributed.make_mesh(jax.devices()[:n])
+    program = distributed.sharded_iteration(config, mesh, state)
+    shardings = distributed.state_shardings(state, mesh)
+    models, pool = distributed.shard((models, pool), distributed.replicated(mesh))
+    info(f"[finetune] {config.ppo.n_envs} envs split over {n} devices")
+
+    def iteration(state: FinetuneState):
+        if jax.tree.leaves(state.actor)[0].sharding != jax.tree.leaves(shardings.actor)[0]:
+            state = distributed.shard(state, shardings)
+        return program(models, pool, state)
+
+    return iteration
+
+
 # ---- one task -----------------------------------------------------------------------------------------
 
 def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts: tuple) -> dict:
@@ -158,13 +185,13 @@ def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, world_model, stats, counting)
     state = create_finetune_state(stage_key(config, f"finetune/{task}"), config, actor_pre, pool)
-    iteration = make_iteration(config, models, pool)
+    iteration = make_mesh_iteration(config, models, pool, state)
     eval_steps = 0
 
     def evaluate(actor) -> dict:
         nonlocal eval_steps
-        result = evaluate_policy(config, task, actor_pre, actor, ft_steps, env=env, world_model=world_model,
-                                 stats=stats, starts=eval_starts)
+        result = evaluate_policy(config, task, actor_pre, jax.device_get(actor), ft_steps, env=env,
+                                 world_model=world_model, stats=stats, starts=eval_starts)
         eval_steps += result["sim_steps"]
         return result
 
