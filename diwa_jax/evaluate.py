@@ -144,6 +144,12 @@ class ClosedLoop:
     act: Callable[[Any, int], np.ndarray]
 
 
+def episode_keys(key: jax.Array, episode: int) -> tuple[jax.Array, jax.Array]:
+    """``(world-model key, policy key)`` of evaluation episode ``episode`` under the evaluation ``key``."""
+    obs_key, act_key = jax.random.split(jax.random.fold_in(key, episode))
+    return obs_key, act_key
+
+
 def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, loop: ClosedLoop, *, act_steps: int,
                 max_steps: int, filter_every_frame: bool = True,
                 on_frame: Callable[[dict], None] | None = None) -> tuple[bool, int]:
@@ -207,8 +213,8 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
     key = stage_key(config, f"evaluate/{task}") if key is None else key
     image_size = config.data.image_size
 
-    def loop_for(episode_key: jax.Array) -> ClosedLoop:
-        obs_key, act_key = jax.random.split(episode_key)
+    def loop_for(episode: int) -> ClosedLoop:
+        obs_key, act_key = episode_keys(key, episode)
 
         def observe(latent, action, obs, frame):
             wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
@@ -232,7 +238,7 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
     try:
         for episode in range(n):
             results.append(run_episode(env, robot_starts[episode], scene_starts[episode], task,
-                                       loop_for(jax.random.fold_in(key, episode)), act_steps=config.policy.act_steps,
+                                       loop_for(episode), act_steps=config.policy.act_steps,
                                        max_steps=config.eval.max_steps,
                                        filter_every_frame=config.eval.filter_every_frame, on_frame=on_frame))
     finally:

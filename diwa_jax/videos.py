@@ -25,8 +25,9 @@ from diwa_jax.atomic import atomic_write
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import resize_area
-from diwa_jax.evaluate import (SamplerSettings, evaluate_policy, filter_frame, predict_frame, sample_action_chunk,
-                               sampler_settings, wm_observation)
+from diwa_jax.evaluate import (SamplerSettings, episode_keys, evaluate_policy, filter_frame, predict_frame,
+                               sample_action_chunk, sampler_settings, wm_observation)
+from diwa_jax.finetune.imagine import executed_gripper
 from diwa_jax.logging import MetricLogger
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.policy.stage import policy_schedule
@@ -68,7 +69,7 @@ def imagine_episode(params: dict, actor_pre: dict, actor_ft: dict, schedule: DDP
     def chunk_step(latent, chunk):
         actions = sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key, chunk,
                                       settings=settings)[:act_steps]
-        actions = actions.at[:, 6].set(jnp.where(actions[:, 6] >= 0, 1.0, -1.0))  # as ``executed_action``
+        actions = executed_gripper(actions)  # as ``evaluate.executed_action``
 
         def wm_step(latent, inputs):
             action, frame = inputs
@@ -93,7 +94,7 @@ def rollout_video(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: 
                              world_model=world_model, stats=stats, starts=starts, on_frame=observations.append)
     spec, params = world_model
     image_size = config.data.image_size
-    obs_key, act_key = jax.random.split(jax.random.fold_in(key, 0))  # episode 0's keys in ``evaluate_policy``
+    obs_key, act_key = episode_keys(key, 0)  # the real episode's keys
     first = {k: v for k, v in wm_observation(observations[0], stats, image_size).items() if k in spec.obs_keys}
     latent = filter_frame(params, model.initial_latent(1, spec), RESET_ACTION.astype(np.float32), first,
                           np.bool_(True), obs_key, np.int32(0), spec=spec)

@@ -122,11 +122,17 @@ def init_env_state(start_pool: Latent, n_envs: int, key: jax.Array) -> EnvState:
                     first=jnp.ones((n_envs,), bool), episode_return=jnp.zeros((n_envs,), jnp.float32))
 
 
+def executed_gripper(actions: jnp.ndarray) -> jnp.ndarray:
+    """``(..., A)`` actions with the gripper (last) entry as the simulator executes it: +1 where >= 0, else -1
+    (``envs.protocol.policy_gripper``, in JAX)."""
+    return actions.at[..., -1].set(jnp.where(actions[..., -1] >= 0, 1.0, -1.0))
+
+
 def execute_chunk(wm_params, spec: RolloutSpec, latent: Latent, chunk: jnp.ndarray, key: jax.Array) -> Latent:
     """Run the first ``act_steps`` actions of ``chunk (N, Ta, A)`` through the world-model prior; the latent after."""
     actions = chunk[:, :spec.act_steps]
     if spec.binarize_gripper:  # as the simulator does (spec section 9 row 10)
-        actions = actions.at[..., -1].set(jnp.where(actions[..., -1] >= 0, 1.0, -1.0))
+        actions = executed_gripper(actions)
 
     def wm_step(state, inputs):
         action, step_key = inputs
