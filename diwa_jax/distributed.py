@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from diwa_jax.config import ConfigError
 from diwa_jax.finetune import agent
 from diwa_jax.finetune.imagine import EnvState, FrozenModels, Rollout, RolloutSpec, imagine_rollout
 from diwa_jax.mesh import DATA_AXIS
@@ -68,7 +69,7 @@ def split(mesh: Mesh, axis: int = 0) -> NamedSharding:
 
 def _check_divisible(n: int, mesh: Mesh, what: str) -> None:
     if n % mesh.size:
-        raise ValueError(f"distributed: {what} = {n} must be a multiple of the number of devices ({mesh.size}) "
+        raise ConfigError(f"distributed: {what} = {n} must be a multiple of the number of devices ({mesh.size}) "
                          "to split it over the 'data' mesh axis")
 
 

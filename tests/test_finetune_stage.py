@@ -202,3 +202,12 @@ def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
     assert stage.read_curve(config_all, TASK) == stage.read_curve(config_1, TASK)
     for x, y in zip(as_numpy(state_1), as_numpy(state_all)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_device_counts_are_config_errors_naming_the_key(tmp_path):
+    """launch.py prints a ConfigError as one line (exit 2): too many devices, or envs that do not split."""
+    with pytest.raises(configlib.ConfigError, match=r"config.ppo.devices=99: JAX sees only 8 devices"):
+        stage.make_mesh_iteration(tiny(tmp_path, devices=99), None, None, None)
+    with pytest.raises(configlib.ConfigError, match=r"config.ppo.n_envs = 4 must be a multiple of the number of "
+                                                   r"devices \(8\)"):
+        stage.make_mesh_iteration(tiny(tmp_path, devices=0), None, None, None)

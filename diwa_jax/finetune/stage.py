@@ -32,7 +32,7 @@ import numpy as np
 from diwa_jax import distributed
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.checkpoint import Checkpointer
-from diwa_jax.config import stage_key
+from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs.oracle import task_index
@@ -157,7 +157,7 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
     if n == 1:
         return make_iteration(config, models, pool)
     if n > jax.device_count():
-        raise ValueError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
+        raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
     mesh = distributed.make_mesh(jax.devices()[:n])
     program = distributed.sharded_iteration(config, mesh, state)
     shardings = distributed.state_shardings(state, mesh)
