@@ -123,6 +123,18 @@ def filter_frame(params: dict, latent: Latent, action: jax.Array, obs: dict, res
     return post
 
 
+def encode_observation(world_model: tuple, stats: NormStats, obs: dict, latent: Latent | None, action,
+                       key: jax.Array, frame: int, image_size: int = 64) -> Latent:
+    """Posterior latent (batch 1) of one simulator observation: an episode's first frame when ``latent`` is
+    None (a reset step from the zero latent; pass ``RESET_ACTION``), else the frame ``action`` led to."""
+    spec, params = world_model
+    wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
+    reset = latent is None
+    latent = model.initial_latent(1, spec) if reset else latent
+    return filter_frame(params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
+                        np.int32(frame), spec=spec)
+
+
 @functools.partial(jax.jit, static_argnames="spec")
 def predict_frame(params: dict, latent: Latent, action: jax.Array, key: jax.Array, frame: jax.Array, *,
                   spec) -> Latent:
@@ -217,11 +229,7 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
         obs_key, act_key = episode_keys(key, episode)
 
         def observe(latent, action, obs, frame):
-            wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
-            reset = latent is None
-            latent = model.initial_latent(1, spec) if reset else latent
-            return filter_frame(params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), obs_key,
-                                np.int32(frame), spec=spec)
+            return encode_observation(world_model, stats, obs, latent, action, obs_key, frame, image_size)
 
         def predict(latent, action, frame):
             return predict_frame(params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame), spec=spec)

@@ -25,8 +25,8 @@ from diwa_jax.atomic import atomic_write
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import resize_area
-from diwa_jax.evaluate import (SamplerSettings, episode_keys, evaluate_policy, filter_frame, predict_frame,
-                               sample_action_chunk, sampler_settings, wm_observation)
+from diwa_jax.evaluate import (SamplerSettings, encode_observation, episode_keys, evaluate_policy, predict_frame,
+                               sample_action_chunk, sampler_settings)
 from diwa_jax.finetune.imagine import executed_gripper
 from diwa_jax.logging import MetricLogger
 from diwa_jax.policy.schedule import DDPMSchedule
@@ -95,9 +95,7 @@ def rollout_video(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: 
     spec, params = world_model
     image_size = config.data.image_size
     obs_key, act_key = episode_keys(key, 0)  # the real episode's keys
-    first = {k: v for k, v in wm_observation(observations[0], stats, image_size).items() if k in spec.obs_keys}
-    latent = filter_frame(params, model.initial_latent(1, spec), RESET_ACTION.astype(np.float32), first,
-                          np.bool_(True), obs_key, np.int32(0), spec=spec)
+    latent = encode_observation(world_model, stats, observations[0], None, RESET_ACTION, obs_key, 0, image_size)
     imagined = imagine_episode(params, actor_pre, actor_ft, policy_schedule(config), latent, obs_key, act_key,
                                spec=spec, settings=sampler_settings(config, ft_steps),
                                act_steps=config.policy.act_steps, max_steps=config.eval.max_steps)

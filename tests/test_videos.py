@@ -114,10 +114,13 @@ def test_imagined_half_starts_from_the_evaluation_latent_is_deterministic_and_fo
             first_latents.append(post)
         return post
 
-    monkeypatch.setattr(evaluate, "filter_frame", recording_filter)  # the real loop's, not the video's own call
+    monkeypatch.setattr(evaluate, "filter_frame", recording_filter)
     v = video(run, env, actor_pre, actor_ft)
-    assert len(first_latents) == 1
-    first = videos.to_uint8(model.decode(params, spec, first_latents[0].feature())["rgb_static"])[0]
+    # the real episode's first frame, then the video encoding that frame again for its imagined half: same latent
+    assert len(first_latents) == 2
+    np.testing.assert_array_equal(first_latents[0].deter, first_latents[1].deter)
+    np.testing.assert_array_equal(first_latents[0].stoch, first_latents[1].stoch)
+    first = videos.to_uint8(model.decode(params, spec, first_latents[1].feature())["rgb_static"])[0]
     np.testing.assert_array_equal(v.imagined[0], first)
 
     compiled = videos.imagine_episode._cache_size()

@@ -36,7 +36,7 @@ from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs.oracle import task_index
-from diwa_jax.evaluate import evaluate_policy, filter_frame, make_env, start_states, wm_observation
+from diwa_jax.evaluate import encode_observation, evaluate_policy, make_env, start_states
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
@@ -46,7 +46,6 @@ from diwa_jax.policy.stage import load_policy, split_dir
 from diwa_jax.reward.stage import load_reward
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
-from diwa_jax.world_model import model
 from diwa_jax.world_model.featurize import load_features
 from diwa_jax.world_model.stage import ensure_cache, load_world_model
 
@@ -92,13 +91,9 @@ def simulator_start_states(config, task: str, n: int) -> tuple[np.ndarray, np.nd
 
 def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
     """``(P, ...)`` latents: each frame encoded by a reset posterior step with the reset action, exactly as an
-    evaluation episode encodes its first frame (``evaluate.filter_frame``), frame i with ``fold_in(key, i)``."""
-    spec, params = world_model
-    latents = []
-    for i, obs in enumerate(frames):
-        wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
-        latents.append(filter_frame(params, model.initial_latent(1, spec), RESET_ACTION, wm_obs, np.bool_(True),
-                                    jax.random.fold_in(key, i), np.int32(0), spec=spec))
+    evaluation episode encodes its first frame (``evaluate.encode_observation``), frame i with ``fold_in(key, i)``."""
+    latents = [encode_observation(world_model, stats, obs, None, RESET_ACTION, jax.random.fold_in(key, i), 0,
+                                  image_size) for i, obs in enumerate(frames)]
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *latents)
 
 

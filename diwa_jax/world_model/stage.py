@@ -188,8 +188,8 @@ def _plot_scene(path: str, scene: dict) -> None:
     for ax, (name, (truth, pred)) in zip(axes, scene["series"].items()):
         ax.plot(truth, label="truth")
         ax.plot(pred, "--", label="open-loop")
-        ax.set_title(name)
-        ax.set_xlabel("step")
+        ax.set_title(f"{name} ({'on/off' if name in LIGHTS else 'm'})")
+        ax.set_xlabel("open-loop step")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
