@@ -387,7 +387,12 @@ def openloop_error(params, cfg: Any, batch: dict, context: int, horizon: int, ke
     context frame. Image variants: image_mse, baseline_image_mse, image_mse_ratio (model / baseline, < 1 is
     better than the baseline) and image_mse_per_step (horizon,); hybrid/state: state_mse, baseline_state_mse."""
     spec = as_spec(cfg)
-    predicted = open_loop(params, spec, batch, context, horizon, key)
+    return prediction_error(spec, batch, open_loop(params, spec, batch, context, horizon, key), context, horizon)
+
+
+def prediction_error(cfg: Any, batch: dict, predicted: dict, context: int, horizon: int) -> dict:
+    """``openloop_error``'s metrics for predictions already made (``open_loop``'s output for ``batch``)."""
+    spec = as_spec(cfg)
     metrics = {}
     future = slice(context, context + horizon)
     if spec.uses_images:

@@ -73,17 +73,20 @@ def _side_by_side(truth: np.ndarray, predicted: np.ndarray, frames: int = 8) -> 
 def openloop_report(params, spec, sampler: SequenceSampler, context: int, horizon: int, key) -> tuple[dict, dict]:
     """Open-loop errors averaged over a few validation batches, and those batches (for state variants with
     the open-loop predicted states under ``predicted_state``) concatenated."""
-    errors = jax.jit(lambda p, b, k: model.openloop_error(p, spec, b, context, horizon, k))
-    predict = jax.jit(lambda p, b, k: model.open_loop(p, spec, b, context, horizon, k)["state"])
+    @jax.jit
+    def errors(p, b, k):  # one open-loop run per batch: its errors, and its states for the scene report
+        predicted = model.open_loop(p, spec, b, context, horizon, k)
+        return model.prediction_error(spec, b, predicted, context, horizon), predicted.get("state")
+
     totals, batches = {}, []
     for i in range(OPENLOOP_BATCHES):
         batch = _model_batch(sampler.sample(i))
-        metrics = jax.device_get(errors(params, batch, jax.random.fold_in(key, i)))
+        metrics, predicted_state = jax.device_get(errors(params, batch, jax.random.fold_in(key, i)))
         for k, v in metrics.items():
             if np.ndim(v) == 0:
                 totals[k] = totals.get(k, 0.0) + float(v) / OPENLOOP_BATCHES
         if spec.uses_state:
-            batch["predicted_state"] = np.asarray(predict(params, batch, jax.random.fold_in(key, i)))
+            batch["predicted_state"] = np.asarray(predicted_state)
         batches.append(batch)
     if "image_mse" in totals:
         totals["image_mse_ratio"] = totals["image_mse"] / totals["baseline_image_mse"]
