@@ -6,6 +6,8 @@ Images enter as floats already scaled to [-1, 1] (``normalize_image``), channels
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diwa_jax.world_model.conv_layers import conv2d_s2, conv_transpose2d_s2
+
 CAMERAS = ("rgb_static", "rgb_gripper")
 VARIANTS = ("vision", "hybrid", "state")
 
@@ -41,6 +43,32 @@ class StateMLP(nn.Module):
         return dense(self.features, name="out")(hidden)
 
 
+class StridedConv(nn.Module):
+    """``nn.Conv(features, (kernel, kernel), strides=2, padding="VALID")``: the same parameters (``kernel``
+    (k, k, in, out) Xavier-uniform, ``bias`` zeros) and outputs, computed as one matrix product."""
+
+    features: int
+    kernel: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", xavier_uniform, (self.kernel, self.kernel, x.shape[-1], self.features))
+        return conv2d_s2(x, kernel, self.param("bias", zeros, (self.features,)))
+
+
+class StridedConvTranspose(nn.Module):
+    """``nn.ConvTranspose(features, (kernel, kernel), strides=2, padding="VALID")``: the same parameters and
+    outputs, computed as one matrix product and a depth-to-space."""
+
+    features: int
+    kernel: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", xavier_uniform, (self.kernel, self.kernel, x.shape[-1], self.features))
+        return conv_transpose2d_s2(x, kernel, self.param("bias", zeros, (self.features,)))
+
+
 class ConvTower(nn.Module):
     """Four Conv(k4, s2, VALID) + ELU layers, flattened: (N, 64, 64, 3) -> (N, 32 * depth)."""
 
@@ -49,10 +77,8 @@ class ConvTower(nn.Module):
     @nn.compact
     def __call__(self, image: jnp.ndarray) -> jnp.ndarray:
         x = image
-        for kernel, mult in zip(ENCODER_KERNELS, ENCODER_DEPTH_MULTS):
-            x = nn.Conv(self.depth * mult, (kernel, kernel), strides=(2, 2), padding="VALID",
-                        kernel_init=xavier_uniform, bias_init=zeros)(x)
-            x = nn.elu(x)
+        for i, (kernel, mult) in enumerate(zip(ENCODER_KERNELS, ENCODER_DEPTH_MULTS)):
+            x = nn.elu(StridedConv(self.depth * mult, kernel, name=f"Conv_{i}")(x))
         return x.reshape(x.shape[0], -1)
 
 
@@ -93,8 +119,7 @@ class ImageDeconv(nn.Module):
         x = x.reshape(x.shape[0], 1, 1, -1)
         widths = [self.depth * mult for mult in DECODER_DEPTH_MULTS] + [3]
         for i, (kernel, width) in enumerate(zip(DECODER_KERNELS, widths)):
-            x = nn.ConvTranspose(width, (kernel, kernel), strides=(2, 2), padding="VALID",
-                                 kernel_init=xavier_uniform, bias_init=zeros)(x)
+            x = StridedConvTranspose(width, kernel, name=f"ConvTranspose_{i}")(x)
             if i < len(widths) - 1:
                 x = nn.elu(x)
         return x
