@@ -78,7 +78,7 @@ class ConvTower(nn.Module):
     def __call__(self, image: jnp.ndarray) -> jnp.ndarray:
         x = image
         for i, (kernel, mult) in enumerate(zip(ENCODER_KERNELS, ENCODER_DEPTH_MULTS)):
-            x = nn.elu(StridedConv(self.depth * mult, kernel, name=f"Conv_{i}")(x))
+            x = nn.elu(StridedConv(self.depth * mult, kernel, name=f"Conv_{i}")(x))  # nn.Conv's names: same checkpoints
         return x.reshape(x.shape[0], -1)
 
 
