@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import json
 import os
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -274,6 +275,10 @@ def check_task_windows(config) -> None:
     for split in ("training", "validation"):
         ann = load_annotations(os.path.join(config.derived.data_dir, split))
         counts[split] = {task: len(ann.task_windows(task)) for task in config.tasks}
+    for task, n in counts["training"].items():
+        if 0 < n < config.policy.n_train_windows:
+            info(f"warning: task '{task}' has {n} training window(s), fewer than config.policy.n_train_windows="
+                 f"{config.policy.n_train_windows}: the policy and the reward train on those {n}")
     for split, per_task in counts.items():
         empty = [t for t, n in per_task.items() if n == 0]
         if empty:
@@ -281,10 +286,6 @@ def check_task_windows(config) -> None:
                 f"config.tasks: no {split} annotation windows of {', '.join(empty)} in "
                 f"{os.path.join(config.derived.data_dir, split)}; remove them from config.tasks or collect more data "
                 f"(config.collect.{'train' if split == 'training' else 'val'}_frames)")
-    for task, n in counts["training"].items():
-        if n < config.policy.n_train_windows:
-            info(f"warning: task '{task}' has {n} training window(s), fewer than config.policy.n_train_windows="
-                 f"{config.policy.n_train_windows}: the policy and the reward train on those {n}")
 
 
 def _check_writable(config, stages: tuple[Stage, ...], resolved: str) -> None:
@@ -294,8 +295,11 @@ def _check_writable(config, stages: tuple[Stage, ...], resolved: str) -> None:
     existing = workdir
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise ConfigError(f"--workdir={workdir}: {existing} is not writable; make it writable or use another --workdir")
+    try:  # a real write: permission bits say nothing for root or on a read-only file system
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir}: cannot write in {existing} ({e.strerror}); make it writable or use "
+                          "another --workdir") from None
 
 
 def _read_text(path: str) -> str | None:
@@ -347,6 +351,10 @@ def run(config, names: Sequence[str] | None = None) -> None:
             summary = stage.load()(config) or {}
         except TrainingDiverged as e:
             mark_diverged(config, stage, e, e.last_finite_step)
+            if stage.name in retuned:  # the last finite state is past saving: say how to start over
+                raise TrainingDiverged(f"{e}. It diverged again after resuming under the new values: delete "
+                                       f"{stage_dir(config, stage.name)} to train the stage from scratch",
+                                       e.last_finite_step) from None
             raise
         summary["wall_time_s"] = round(time.time() - start, 1)
         mark_complete(config, stage, summary)

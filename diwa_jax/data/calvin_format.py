@@ -313,7 +313,7 @@ def _out_of_range(key: str, values: np.ndarray) -> str | None:
     i = int(bad[0])
     kind = "non-finite" if not np.isfinite(values[i]) else f"outside the physical range [-{bound:.4g}, {bound:.4g}]"
     more = f" ({len(bad) - 1} more values too)" if len(bad) > 1 else ""
-    return f"'{key}'[{i}] ({VECTOR_LABELS[key][i]}) = {values[i]!r} is {kind}{more}"
+    return f"'{key}'[{i}] ({VECTOR_LABELS[key][i]}) = {float(values[i])!r} is {kind}{more}"
 
 
 def _find_frames(split_dir: Path) -> tuple[str, int, np.ndarray]:
