@@ -312,7 +312,8 @@ def test_pickle_with_code_refused_without_running_it(tmp_path):
     cf.write_synthetic_split(split, [(0, 15)], window=8, static_size=8, gripper_size=8)
     assert cf.load_annotations(split).tasks == ("open_drawer", "close_drawer")  # the legit pickle loads
     marker = tmp_path / "pwned"
-    hostile = {"language": {"ann": ["x"], "task": ["open_drawer"], "emb": _RunsCode(marker)}, "info": {"indx": [(0, 7)]}}
+    hostile = {"language": {"ann": ["x"], "task": ["open_drawer"], "emb": _RunsCode(marker)},
+               "info": {"indx": [(0, 7)]}}
     np.save(split / cf.LANG_ANN, np.array(hostile, dtype=object), allow_pickle=True)
     with pytest.raises(cf.DataError, match=r"auto_lang_ann\.npy: refused to load language annotations: it references "
                                            r"(posix|os)\.system"):
@@ -330,7 +331,8 @@ def test_finite_outliers_named_by_file_frame_and_field(tmp_path, key, index, lab
         frame = dict(npz)
     frame[key][index] = 1e30
     np.savez_compressed(path, **frame)
-    with pytest.raises(cf.DataError, match=rf"episode_0000002\.npz: '{key}'\[{index}\] \({label}\) = 1e\+30 is outside"):
+    named = rf"episode_0000002\.npz: '{key}'\[{index}\] \({label}\) = 1e\+30 is outside"
+    with pytest.raises(cf.DataError, match=named):
         cf.CalvinSplit(split).load_frame(2)
     with pytest.raises(ValueError, match=rf"'{key}'\[{index}\]"):
         cf.write_frame(tmp_path / "other", 0, frame)
@@ -388,7 +390,8 @@ def test_coordinator_listens_only_on_the_requested_interface():
     (("--config.ppo.logprob_reduce=median",), "config.ppo.logprob_reduce: must be one of 'mean', 'sum'"),
     (("--config.wm.lr=inf",), "config.wm.lr: must be finite and > 0 (got inf)"),
     (("--config.ppo.devices=64",), "config.ppo.devices=64: JAX sees only"),
-    (("--config.ppo.actor_rate=1",), '--config.ppo.actor_rate: no such key in the config file; Did you mean "actor_lr"'),
+    (("--config.ppo.actor_rate=1",),
+     '--config.ppo.actor_rate: no such key in the config file; Did you mean "actor_lr"'),
 ])
 def test_bad_values_one_line_exit_2_nothing_written(tmp_path, args, fragment):
     message = one_line_error(launch(tmp_path / "run", *args))
