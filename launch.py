@@ -18,6 +18,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0 of a multi-process run; auto: from the cluster (TPU pod)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "processes in the run (1: no jax.distributed)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "this process's index in [0, num_processes)")
+_COORDINATOR_BIND = flags.DEFINE_string(
+    "coordinator_bind_address", None,
+    "HOST:PORT process 0's coordinator listens on (default: the interface of --coordinator_address only)")
 
 
 
@@ -34,29 +37,20 @@ def main(argv):
     from diwa_jax.training import TrainingDiverged
 
     try:  # before anything touches a device
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               bind_address=_COORDINATOR_BIND.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
-        os.makedirs(config.derived.workdir, exist_ok=True)
-        _save_resolved(config, configlib.to_json(config))
-        pipeline.run(config, _STAGES.value)
+        pipeline.run(config, _STAGES.value)  # checks the workdir, then saves the resolved config, then runs
     except (configlib.ConfigError, pipeline.NotBuiltYet, DataError, CheckpointError, TrainingDiverged) as e:
         # expected failures: one line naming the culprit and the fix, no traceback
         print(f"error: {e}", file=sys.stderr)
         return {configlib.ConfigError: 2, pipeline.NotBuiltYet: 3}.get(type(e), 1)
     print(f"finished: outputs in {config.derived.workdir}")
     return 0
-
-
-def _save_resolved(config, text: str) -> None:
-    path = os.path.join(config.derived.workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _run():
@@ -66,15 +60,26 @@ def _run():
     except (flags.Error, AttributeError, KeyError) as e:
         print(f"error: {_flag_message(e, sys.argv)}", file=sys.stderr)
         sys.exit(2)
+    # the config file is loaded lazily, at first use: a missing one would end in a traceback
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+    if not os.path.isfile(config_file):
+        print(f"error: --config={flags.FLAGS['config'].config_filename}: no such file {config_file}", file=sys.stderr)
+        sys.exit(2)
     app.run(main, argv=argv, flags_parser=lambda a: a)
 
 
 def _flag_message(e: Exception, argv) -> str:
     if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names no field
-        key = str(e).strip("\"' ")
+        # the exception's first argument is the key, possibly followed by "Did you mean ..." on a new line
+        # (ml_collections wraps the KeyError in an AttributeError)
+        while isinstance(e, Exception) and e.args:
+            e = e.args[0]
+        first, *hint = str(e).splitlines()
+        key = first.strip("\"' ")
         culprits = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
         where = culprits[0] if culprits else f"config key {key!r}"
-        return f"{where}: no such key in the config file (see experiments/calvin.py for the fields)"
+        suggestion = f"; {hint[0].strip()}" if hint else ""
+        return f"{where}: no such key in the config file{suggestion} (see experiments/calvin.py for the fields)"
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if any(line.startswith("Traceback") for line in lines):  # error raised inside the config file
         return f"{lines[0].split(': Error')[0]}: {lines[-1]}"

@@ -27,3 +27,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:
     text = json.dumps(value, indent=indent).encode()
     atomic_write(path, lambda f: f.write(text))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))

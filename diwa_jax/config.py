@@ -20,16 +20,22 @@ class ConfigError(ValueError):
     pass
 
 
+# Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever).
 def _positive(x) -> bool:
-    return x > 0
+    return math.isfinite(x) and x > 0
 
 
 def _non_negative(x) -> bool:
-    return x >= 0
+    return math.isfinite(x) and x >= 0
 
 
 def _unit(x) -> bool:
     return 0.0 <= x <= 1.0
+
+
+def _at_most_256(x) -> bool:
+    """must be in [1, 256] (featurize stores class indices as uint8)"""
+    return 0 < x <= 256
 
 
 def _one_of(*choices) -> Callable[[Any], bool]:
@@ -38,7 +44,7 @@ def _one_of(*choices) -> Callable[[Any], bool]:
     return check
 
 
-_DESCRIBE = {_positive: "must be > 0", _non_negative: "must be >= 0", _unit: "must be in [0, 1]"}
+_DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite and >= 0", _unit: "must be in [0, 1]"}
 
 # key -> predicate. Keys absent here are type-checked by ml_collections only.
 _RULES: dict[str, Callable[[Any], bool]] = {
@@ -62,7 +68,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "wm.cnn_depth": _positive,
     "wm.deter": _positive,
     "wm.stoch": _positive,
-    "wm.classes": _positive,
+    "wm.classes": _at_most_256,
     "wm.hidden": _positive,
     "wm.state_hidden": _positive,
     "wm.state_embed": _positive,
@@ -144,6 +150,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.critic_dim": _positive,
     "ppo.min_sampling_std": _non_negative,
     "ppo.min_logprob_std": _positive,
+    "ppo.logprob_reduce": _one_of("mean", "sum"),
     "ppo.randn_clip": _positive,
     "ppo.reward_scale_gamma": _unit,
     "ppo.reward_scale_clip": _positive,
@@ -203,7 +210,7 @@ def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     d = ml_collections.ConfigDict()
     workdir = os.path.abspath(workdir)
     d.workdir = workdir
-    d.data_dir = os.path.abspath(config.data.path) if config.data.path else os.path.join(workdir, "data")
+    d.data_dir = os.path.abspath(config.data.path) if config.data.path else os.path.join(workdir, "collect", "data")
     d.cache_dir = os.path.abspath(config.data.cache_dir) if config.data.cache_dir else os.path.join(workdir, "cache")
     d.collect_data = not config.data.path
     d.latent_dim = config.wm.deter + config.wm.stoch * config.wm.classes

@@ -34,12 +34,16 @@ from diwa_jax.mesh import DATA_AXIS
 from diwa_jax.types import Latent
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int = 1, process_id: int = 0) -> bool:
+def initialize(coordinator_address: str | None = None, num_processes: int = 1, process_id: int = 0,
+               bind_address: str | None = None) -> bool:
     """Join a multi-process JAX run (``jax.distributed.initialize``); True if it did. One process and no address:
-    nothing to do. ``coordinator_address`` is ``HOST:PORT`` of process 0, which listens there, or ``auto``: the
-    cluster (Cloud TPU pod, SLURM, ...) tells every process the address, the count and its id."""
+    nothing to do. ``coordinator_address`` is ``HOST:PORT`` of process 0, or ``auto``: the cluster (Cloud TPU pod,
+    SLURM, ...) tells every process the address, the count and its id.
+
+    Process 0 runs the coordinator service, which has no authentication: it listens on ``bind_address``
+    (default: the coordinator address itself, so only that interface; JAX's own default is every interface)."""
     if coordinator_address == "auto":
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator_bind_address=bind_address)
         return True
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(f"distributed: --process_id={process_id} must lie in [0, --num_processes={num_processes})")
@@ -48,8 +52,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int = 1, p
     if not coordinator_address:
         raise ValueError(f"distributed: --num_processes={num_processes} needs --coordinator_address=HOST:PORT "
                          "(process 0's address, the same in every process) or --coordinator_address=auto")
+    if ":" not in coordinator_address:
+        raise ValueError(f"distributed: --coordinator_address={coordinator_address} must be HOST:PORT")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, coordinator_bind_address=bind_address or coordinator_address)
     return True
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from diwa_jax.atomic import atomic_write
+
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
@@ -53,6 +55,20 @@ class MetricLogger:
                 self._tb.add_scalar(k, v, int(step))
         return values
 
+    def drop_after(self, step: int) -> None:
+        """Forget the lines logged after ``step``: a run resumed from the checkpoint of ``step`` logs them
+        again (TensorBoard keeps both; it shows the latest)."""
+        if not self._active:
+            return
+        path = os.path.join(self.logdir, "metrics.jsonl")
+        self._jsonl.close()
+        with open(path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) != len(lines):
+            atomic_write(path, lambda f: f.write("".join(kept).encode()))
+        self._jsonl = open(path, "a", buffering=1)
+
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
         """``image``: (H, W, 3) uint8 or float in [0, 1]."""
         if self._active and self._tb is not None:
@@ -75,6 +91,13 @@ class MetricLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")  # a line cut by a kill: dropped
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ def test_data_path_disables_collection(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("ppo.actor_lr", -1.0, "config.ppo.actor_lr: must be > 0"),
+    ("ppo.actor_lr", -1.0, "config.ppo.actor_lr: must be finite and > 0"),
     ("wm.variant", "pixels", "config.wm.variant: must be one of"),
     ("collect.failure_prob", 1.5, "config.collect.failure_prob: must be in [0, 1]"),
     ("policy.ft_denoising_steps", 30, "config.policy.ft_denoising_steps: must be <= config.policy.denoising_steps"),

@@ -24,7 +24,7 @@ def _launch(*args, workdir):
     ("--config.ppo.nope=1", "--config.ppo.nope: no such key"),
     ("--config.ppo.actor_lr=fast", "--config.ppo.actor_lr=fast: could not convert"),
     ("--config.ppo.n_envs=2.5", "--config.ppo.n_envs=2.5"),
-    ("--config.ppo.actor_lr=-1", "config.ppo.actor_lr: must be > 0"),
+    ("--config.ppo.actor_lr=-1", "config.ppo.actor_lr: must be finite and > 0"),
 ])
 def test_bad_overrides_fail_with_one_line(override, fragment, tmp_path):
     out = _launch(override, workdir=tmp_path / "w")
@@ -53,7 +53,7 @@ def test_every_stage_is_built_and_an_unbuilt_one_would_stop_the_run(tmp_path, mo
     from diwa_jax import config as configlib
     from experiments.calvin import get_config
     config = configlib.finalize(get_config("tiny"), str(tmp_path / "w"))
-    unbuilt = pipeline.Stage("unbuilt", "a stage still to come", ("seed",), None, 99)
+    unbuilt = pipeline.Stage("unbuilt", "a stage still to come", ("seed",), (), None, 99)
     monkeypatch.setattr(pipeline, "STAGES", (unbuilt,))
     monkeypatch.setattr(pipeline, "STAGE_NAMES", ("unbuilt",))
     with pytest.raises(pipeline.NotBuiltYet, match="stage 'unbuilt'.*not built yet \\(issue #99\\)"):

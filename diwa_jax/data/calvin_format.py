@@ -8,7 +8,10 @@ The reader validates what it loads and raises :class:`DataError` naming the bad 
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,6 +36,22 @@ EP_LENS = "ep_lens.npy"
 SCENE_INFO = "scene_info.npy"
 LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
 STATISTICS = "statistics.yaml"
+
+# Physical bounds of every state/action value, generous: positions (m) within metres of the table,
+# angles (rad) within two turns (pybullet reports [-pi, pi]; absolute targets may be unwrapped), joint
+# positions, the gripper width, light bits and +-1 gripper commands all far inside. rel_actions are
+# clipped to [-1, 1] by definition. A value beyond them is a corrupt file, not data (1e30 would squash
+# the min-max normalisation of its feature to 0 everywhere else).
+VALUE_BOUNDS = {"actions": 4 * math.pi, "rel_actions": 1.0 + 1e-3, "robot_obs": 4 * math.pi, "scene_obs": 4 * math.pi}
+VECTOR_LABELS = {
+    "actions": ("tcp_x", "tcp_y", "tcp_z", "tcp_euler_x", "tcp_euler_y", "tcp_euler_z", "gripper"),
+    "rel_actions": ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
+    "robot_obs": ("tcp_pos_x", "tcp_pos_y", "tcp_pos_z", "tcp_orn_x", "tcp_orn_y", "tcp_orn_z",
+                  "gripper_opening_width", *(f"robot_joint_{i}" for i in range(7)), "gripper_action"),
+    "scene_obs": ("sliding_door", "drawer", "button", "switch", "lightbulb", "green_led",
+                  *(f"{block}_block_{q}" for block in ("red", "blue", "pink")
+                    for q in ("x", "y", "z", "euler_x", "euler_y", "euler_z"))),
+}
 
 _FRAME_NAME = re.compile(r"^(?P<prefix>.*?)(?P<counter>\d+)\.npz$")
 
@@ -63,8 +82,9 @@ def _check_frame_input(frame: Mapping[str, Any]) -> dict[str, np.ndarray]:
         a = arrays[k]
         if a.shape != (dim,):
             raise ValueError(f"write_frame: {k} must have shape ({dim},), got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"write_frame: {k} has non-finite values: {a}")
+        problem = _out_of_range(k, a)
+        if problem:
+            raise ValueError(f"write_frame: {problem}")
         arrays[k] = a.astype(np.float64)  # CALVIN stores state/action vectors as float64
     return arrays
 
@@ -278,9 +298,22 @@ def read_frame(path: str | os.PathLike, spec: FrameSpec | None = None, keys: Seq
         elif k in VECTOR_DIMS:
             if a.shape != (VECTOR_DIMS[k],) or a.dtype not in FLOAT_DTYPES:
                 raise DataError(f"{path}: '{k}' is {a.shape} {a.dtype}, expected ({VECTOR_DIMS[k]},) float32 or float64")
-            if not np.all(np.isfinite(a)):
-                raise DataError(f"{path}: '{k}' has non-finite values {a}; regenerate or drop this frame")
+            problem = _out_of_range(k, a)
+            if problem:
+                raise DataError(f"{path}: {problem}; the frame is corrupt: regenerate or re-download it")
     return arrays
+
+
+def _out_of_range(key: str, values: np.ndarray) -> str | None:
+    """What is wrong with a state/action vector (non-finite or outside ``VALUE_BOUNDS``), or None."""
+    bound = VALUE_BOUNDS[key]
+    bad = np.flatnonzero(~(np.abs(values) <= bound))  # NaN compares False: caught too
+    if not len(bad):
+        return None
+    i = int(bad[0])
+    kind = "non-finite" if not np.isfinite(values[i]) else f"outside the physical range [-{bound:.4g}, {bound:.4g}]"
+    more = f" ({len(bad) - 1} more values too)" if len(bad) > 1 else ""
+    return f"'{key}'[{i}] ({VECTOR_LABELS[key][i]}) = {float(values[i])!r} is {kind}{more}"
 
 
 def _find_frames(split_dir: Path) -> tuple[str, int, np.ndarray]:
@@ -297,12 +330,54 @@ def _find_frames(split_dir: Path) -> tuple[str, int, np.ndarray]:
     return prefix, digits, np.sort(np.asarray(ids, np.int64))
 
 
+# What a pickled side file (CALVIN's auto_lang_ann.npy, scene_info.npy: dicts of lists, strings and
+# arrays) may build: NumPy arrays, dtypes and scalars, builtin containers and scalars. Nothing else is
+# looked up, so a pickle whose reduce names any other callable (os.system, ...) never runs it.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict"),
+    *(("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
+                                       "int", "float", "complex", "bool", "slice", "range")),
+}
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise UnsafePickle(f"it references {module}.{name}, which is neither a NumPy array nor a builtin container")
+        return super().find_class(module, name)
+
+
+def _load_pickled_npy(path: Path) -> Any:
+    """An ``.npy`` file holding a pickled object array, loaded with the restricted unpickler."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy version {version}")
+        _, _, dtype = read_header[version](f)
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.load(io.BytesIO(f.read()), allow_pickle=False)
+        return _RestrictedUnpickler(f).load()
+
+
 def _load_npy(path: Path, what: str, pickled: bool) -> Any:
     if not path.exists():
         raise DataError(f"{path}: missing {what}; the split is incomplete: re-download it or rerun the collection")
     try:
-        value = np.load(path, allow_pickle=pickled)
-        return value.item() if pickled else value
+        if not pickled:
+            return np.load(path, allow_pickle=False)
+        value = _load_pickled_npy(path)
+        return value.item() if isinstance(value, np.ndarray) and value.shape == () else value
+    except UnsafePickle as e:
+        raise DataError(f"{path}: refused to load {what}: {e}; this file may run code when unpickled: "
+                        "take it from a source you trust or regenerate it") from e
     except Exception as e:
         raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {e}); re-download or regenerate it") from e
 
@@ -317,6 +392,23 @@ class LangAnnotations:
 
     def task_windows(self, task: str) -> np.ndarray:
         return self.windows[np.asarray([t == task for t in self.tasks], bool)].reshape(-1, 2)
+
+
+def load_annotations(split_dir: str | os.PathLike) -> LangAnnotations:
+    """The language-annotated windows of a split (``lang_annotations/auto_lang_ann.npy``), validated."""
+    path = Path(split_dir) / LANG_ANN
+    raw = _load_npy(path, "language annotations", pickled=True)
+    try:
+        windows = np.asarray(raw["info"]["indx"], np.int64).reshape(-1, 2)
+        tasks = tuple(str(t) for t in raw["language"]["task"])
+        instructions = tuple(str(a) for a in raw["language"]["ann"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: expected {{'language': {{'ann', 'task', 'emb'}}, 'info': {{'indx'}}}} ({e})") from e
+    if not (len(windows) == len(tasks) == len(instructions)):
+        raise DataError(f"{path}: {len(windows)} windows, {len(tasks)} tasks, {len(instructions)} instructions")
+    if np.any(windows[:, 1] < windows[:, 0]):
+        raise DataError(f"{path}: annotation windows with end < start")
+    return LangAnnotations(windows, tasks, instructions)
 
 
 class CalvinSplit:
@@ -382,19 +474,7 @@ class CalvinSplit:
 
     def annotations(self) -> LangAnnotations:
         if self._annotations is None:
-            path = self.dir / LANG_ANN
-            raw = _load_npy(path, "language annotations", pickled=True)
-            try:
-                windows = np.asarray(raw["info"]["indx"], np.int64).reshape(-1, 2)
-                tasks = tuple(str(t) for t in raw["language"]["task"])
-                instructions = tuple(str(a) for a in raw["language"]["ann"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{path}: expected {{'language': {{'ann', 'task', 'emb'}}, 'info': {{'indx'}}}} ({e})") from e
-            if not (len(windows) == len(tasks) == len(instructions)):
-                raise DataError(f"{path}: {len(windows)} windows, {len(tasks)} tasks, {len(instructions)} instructions")
-            if np.any(windows[:, 1] < windows[:, 0]):
-                raise DataError(f"{path}: annotation windows with end < start")
-            self._annotations = LangAnnotations(windows, tasks, instructions)
+            self._annotations = load_annotations(self.dir)
         return self._annotations
 
     def task_windows(self, task: str) -> np.ndarray:

@@ -4,14 +4,14 @@ Each split is cut into recorded segments (rows of ``ep_start_end_ids``) of ``col
 frames. A segment is one ``play_stream`` from a random start, seeded by (seed, split, segment), so it
 is the same data whichever worker makes it and however often the run is restarted. Workers (separate
 processes, each with its own simulator) write frames and then a small per-segment record (annotation
-windows, statistics sums); a rerun skips segments whose record exists. When every segment is there,
-the parent writes the split's metadata. Frame ids: training first, validation after it, one id space
-as in CALVIN.
+windows, statistics sums); a rerun skips segments whose record and frames exist. Workers die with
+the parent. When every segment is there, the parent writes the split's metadata. Frame ids: training
+first, validation after it, one id space as in CALVIN. The data set lives in the stage's own folder,
+``<workdir>/collect/data``, so deleting that folder redoes the collection.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from diwa_jax.atomic import atomic_write
 from diwa_jax.data import calvin_format as cf
 from diwa_jax.envs.oracle import TASKS, success_all_np
 from diwa_jax.logging import info, progress
+from diwa_jax.workers import worker_pool
 
 SPLITS = ("training", "validation")
 SEGMENT_RECORDS = ".segments"
@@ -89,6 +90,15 @@ def _collect_segment(job: SegmentJob) -> int:
     return job.n_frames
 
 
+def _segment_done(job: SegmentJob) -> bool:
+    """The segment's record exists and so does every frame it was made from (a record alone is not
+    enough: frames deleted or lost since are remade)."""
+    if not _record_path(job).exists():
+        return False
+    split_dir = Path(job.split_dir)
+    return all((split_dir / cf.frame_filename(job.first_id + i)).exists() for i in range(job.n_frames))
+
+
 def _load_record(job: SegmentJob) -> tuple[np.ndarray, list[str], cf.RunningStats]:
     with np.load(_record_path(job)) as rec:
         stats = cf.RunningStats(**{f.name: (int(rec[f.name]) if f.name == "count" else rec[f.name])
@@ -117,7 +127,7 @@ def collect(config) -> dict:
     env_kwargs = dict(static_size=config.env.static_size, gripper_size=config.env.gripper_size,
                       renderer=config.env.renderer, render=True)
     jobs = plan(config)
-    todo = [j for split in SPLITS for j in jobs[split] if not _record_path(j).exists()]
+    todo = [j for split in SPLITS for j in jobs[split] if not _segment_done(j)]
     total = sum(j.n_frames for split in SPLITS for j in jobs[split])
     done = total - sum(j.n_frames for j in todo)
     if done:
@@ -127,9 +137,7 @@ def collect(config) -> dict:
     if todo:
         bar = progress(range(total), total=total, initial=done, desc="collect", enabled=config.log.progress)
         workers = min(config.collect.workers, len(todo))
-        # spawn: the parent has JAX's threads running, and forking them is unsafe
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(env_kwargs,)) as pool:
+        with worker_pool(workers, initializer=_init_worker, initargs=(env_kwargs,)) as pool:
             for n in pool.imap_unordered(_collect_segment, todo):
                 if hasattr(bar, "update"):
                     bar.update(n)

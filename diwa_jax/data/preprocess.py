@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -29,9 +28,11 @@ import numpy as np
 from tqdm import tqdm
 
 from diwa_jax.atomic import write_json
-from diwa_jax.data.calvin_format import IMAGE_KEYS, CalvinSplit, DataError, FrameSpec, read_frame
+from diwa_jax.workers import worker_pool
+from diwa_jax.data.calvin_format import (EP_START_END_IDS, IMAGE_KEYS, LANG_ANN, STATISTICS, CalvinSplit, DataError,
+                                        FrameSpec, read_frame)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 RAW_KEYS = ("rgb_static", "rgb_gripper", "robot_obs", "scene_obs", "rel_actions")
 N_BLOCKS = 3  # red, blue, pink: scene_obs[6:24] = 3 x (pos 3, euler 3)
 PLAN = "plan.json"
@@ -215,11 +216,22 @@ def _plan(split: CalvinSplit, image_size: int, rot6d: bool, chunk_frames: int) -
         "source": str(split.dir.resolve()),
         "n_frames": len(split),
         "frame_ids_sha1": hashlib.sha1(split.frame_ids.tobytes()).hexdigest(),
+        # the split's side files change with its content (statistics are sums over every frame): a split
+        # regenerated in place under other values never reuses the old cache
+        "metadata_sha1": _files_sha1(split.dir, (STATISTICS, EP_START_END_IDS, LANG_ANN)),
         "image_shapes": [list(split.spec.shape(k)) for k in IMAGE_KEYS],
         "image_size": image_size,
         "rot6d": rot6d,
         "chunk_frames": chunk_frames,
     }
+
+
+def _files_sha1(directory: Path, names: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    for name in names:
+        path = directory / name
+        digest.update(name.encode() + (path.read_bytes() if path.exists() else b"<absent>"))
+    return digest.hexdigest()
 
 
 def _start_fresh(out: Path, split: CalvinSplit, plan: dict) -> None:
@@ -286,7 +298,7 @@ def build_cache(
     with tqdm(total=len(split), initial=len(split) - sum(sizes.values()), unit="frame",
               desc=f"cache {split.name}", disable=not progress) as bar:
         if workers > 1 and len(todo) > 1:
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(todo)))
+            pool = worker_pool(min(workers, len(todo)))
             finished = pool.imap_unordered(_decode_chunk, todo)
         else:
             pool, finished = None, map(_decode_chunk, todo)
