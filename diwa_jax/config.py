@@ -14,10 +14,7 @@ from typing import Any, Callable
 import ml_collections
 
 from diwa_jax.envs.oracle import TASKS
-
-
-class ConfigError(ValueError):
-    pass
+from diwa_jax.errors import ConfigError
 
 
 def _positive(x) -> bool:

@@ -30,10 +30,9 @@ from diwa_jax.envs import protocol as P
 from diwa_jax.envs.oracle import success_all_np, task_index
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
-from diwa_jax.policy.stage import policy_schedule, split_dir
+from diwa_jax.specs import policy_schedule
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
 
 
 def make_env(config):
@@ -196,24 +195,15 @@ def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, lo
 
 
 def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, episodes: int | None = None,
-                    key: jax.Array | None = None, *, env=None, world_model: tuple | None = None,
-                    stats: NormStats | None = None, starts: tuple | None = None,
+                    key: jax.Array | None = None, *, world_model: tuple, stats: NormStats, starts: tuple, env=None,
                     on_frame: Callable[[dict], None] | None = None) -> dict:
     """Success of the policy (``actor_pre`` for denoising steps >= ``ft_steps``, ``actor_ft`` below) on ``task``.
 
-    ``episodes``: how many of the start states to use (None: all of them). Defaults load the pipeline's
-    artifacts: ``world_model = (spec, params)`` from the world_model stage, ``stats`` (training NormStats) and
-    ``starts = (robot_obs (E, 15), scene_obs (E, 24))`` from the cache, ``env`` from ``make_env`` (closed at the
-    end; a passed env is left open). ``on_frame``: passed to every ``run_episode``. Returns success_rate, successes,
-    episodes, mean_steps, sim_steps.
+    ``episodes``: how many of the start states to use (None: all of them). ``world_model = (spec, params)``,
+    ``stats`` the training split's NormStats, ``starts = (robot_obs (E, 15), scene_obs (E, 24))``; ``env`` defaults to
+    ``make_env``'s (closed at the end; a passed env is left open). ``on_frame``: passed to every ``run_episode``.
+    Returns success_rate, successes, episodes, mean_steps, sim_steps.
     """
-    if world_model is None:
-        world_model = load_world_model(config)
-    if stats is None or starts is None:
-        caches = ensure_cache(config)
-        stats = caches["training"].stats if stats is None else stats
-        if starts is None:
-            starts = start_states(config, task, CalvinSplit(split_dir(config, "validation")), caches["validation"])
     robot_starts, scene_starts = starts
     n = len(robot_starts) if episodes is None else min(int(episodes), len(robot_starts))
     if n == 0:

@@ -3,27 +3,22 @@
 A stage writes its outputs under ``<workdir>/<stage>/`` and, last, a ``COMPLETE.json`` marker holding
 the config sections it depends on. A rerun skips a stage whose marker matches the current config,
 refuses (naming the keys) one whose marker was written under a different config, and otherwise runs
-it; the stage itself resumes from its own checkpoints. Stages that are not built yet stop the run
-with a clear message instead of writing anything.
+it; the stage itself resumes from its own checkpoints.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import time
 from typing import Callable, Sequence
 
+from diwa_jax.artifacts import STAGE_MARKER as MARKER
+from diwa_jax.artifacts import stage_dir
 from diwa_jax.atomic import write_json
 from diwa_jax.config import ConfigError, sections
 from diwa_jax.logging import info
-
-MARKER = "COMPLETE.json"
-
-
-class NotBuiltYet(RuntimeError):
-    pass
+from diwa_jax.stages import collect, evaluate, featurize, finetune, policy, reward, world_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +26,7 @@ class Stage:
     name: str
     summary: str
     depends_on: tuple[str, ...]  # config sections or dotted keys whose values shape the artifact
-    runner: str | None  # "module:function" taking (config); None: not built yet
-    issue: int  # the issue that builds it
-
-    def load(self) -> Callable:
-        module, func = self.runner.split(":")
-        return getattr(importlib.import_module(module), func)
+    runner: Callable[..., dict]  # (config) -> summary
 
 
 _COLLECT = ("seed", "collect", "env.static_size", "env.gripper_size", "env.renderer")
@@ -44,27 +34,23 @@ _DATA = _COLLECT + ("data.path", "data.image_size", "data.rot6d")  # what the da
 
 STAGES: tuple[Stage, ...] = (
     Stage("collect", "scripted play and expert demos in the embedded play-table",
-          _COLLECT, "diwa_jax.data.collect:collect", 3),
+          _COLLECT, collect.collect),
     Stage("world_model", "train the RSSM on play sequences",
-          _DATA + ("wm",), "diwa_jax.world_model.stage:train_world_model", 4),
+          _DATA + ("wm",), world_model.train_world_model),
     Stage("featurize", "the trained RSSM as a filter over every frame",
-          _DATA + ("wm", "featurize"), "diwa_jax.world_model.featurize:featurize", 4),
+          _DATA + ("wm", "featurize"), featurize.featurize),
     Stage("policy", "BC-train the diffusion policy per task",
-          _DATA + ("tasks", "wm", "featurize", "policy"), "diwa_jax.policy.stage:train_policies", 5),
+          _DATA + ("tasks", "wm", "featurize", "policy"), policy.train_policies),
     Stage("reward", "train the latent success classifier per task",
-          _DATA + ("tasks", "wm", "featurize", "reward"), "diwa_jax.reward.stage:train_rewards", 5),
+          _DATA + ("tasks", "wm", "featurize", "reward"), reward.train_rewards),
     Stage("finetune", "PPO on the Dream Diffusion MDP, all in imagination",
           _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
-          "diwa_jax.finetune.stage:finetune", 6),
+          finetune.finetune),
     Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
           _DATA + ("tasks", "wm", "featurize", "policy", "reward", "ppo", "eval", "env"),
-          "diwa_jax.results:evaluate_stage", 6),
+          evaluate.evaluate_stage),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-
-
-def stage_dir(config, name: str) -> str:
-    return os.path.join(config.derived.workdir, name)
 
 
 def _marker_path(config, stage: Stage) -> str:
@@ -125,13 +111,9 @@ def run(config, names: Sequence[str] | None = None) -> None:
         if is_complete(config, stage):
             info(f"[{stage.name}] complete, skipping ({_marker_path(config, stage)})")
             continue
-        if stage.runner is None:
-            raise NotBuiltYet(
-                f"stage '{stage.name}' ({stage.summary}) is not built yet (issue #{stage.issue}); "
-                f"the stages before it are complete in {config.derived.workdir}")
         info(f"[{stage.name}] {stage.summary}")
         start = time.time()
-        summary = stage.load()(config) or {}
+        summary = stage.runner(config) or {}
         summary["wall_time_s"] = round(time.time() - start, 1)
         mark_complete(config, stage, summary)
         info(f"[{stage.name}] done in {summary['wall_time_s']:.1f} s")

@@ -19,11 +19,8 @@ import jax
 import numpy as np
 
 from diwa_jax.checkpoint import Checkpointer
+from diwa_jax.errors import TrainingDiverged
 from diwa_jax.logging import MetricLogger, progress
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 def state_items(state: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from diwa_jax.evaluate import (SamplerSettings, encode_observation, episode_keys
 from diwa_jax.finetune.imagine import executed_gripper
 from diwa_jax.logging import MetricLogger
 from diwa_jax.policy.schedule import DDPMSchedule
-from diwa_jax.policy.stage import policy_schedule
+from diwa_jax.specs import policy_schedule
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 

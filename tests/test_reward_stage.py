@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from diwa_jax.data import calvin_format as cf
-from diwa_jax.reward import stage
+from diwa_jax import artifacts
+from diwa_jax.stages import reward as stage
 from diwa_jax.reward.classifier import classifier_logits
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
@@ -99,7 +100,7 @@ def test_train_rewards_reports_the_saved_classifiers_precision_recall(dataset, m
     config = make_config(root, tmp_path / "run", **{"reward.epochs": 3, "reward.eval_every": 1})
     summary = stage.train_rewards(config)
     metrics = summary["open_drawer"]
-    with open(os.path.join(config.derived.workdir, "reward", "open_drawer", "metrics.json")) as f:
+    with open(os.path.join(config.derived.workdir, "reward", "open_drawer", artifacts.DONE)) as f:
         assert json.load(f) == metrics
 
     # independent computation of the validation numbers from the saved weights
@@ -109,7 +110,7 @@ def test_train_rewards_reports_the_saved_classifiers_precision_recall(dataset, m
     scene = np.asarray(caches["validation"].scene_obs)
     labels = np.concatenate([scene[np.arange(s, e + 1) - 128, DRAWER] - scene[s - 128, DRAWER] > 0.12
                              for s, e in val_windows])
-    params = stage.load_reward(config, "open_drawer")
+    params = artifacts.load_reward(config, "open_drawer")
     pred = np.argmax(np.asarray(classifier_logits(params, features["validation"].feature(val_rows))), axis=-1) == 1
     true_pos = np.sum(pred & labels)
     assert metrics["val_frames"] == len(labels) == 32 and metrics["val_positives"] == labels.sum()

@@ -16,10 +16,10 @@ from tensorboardX.proto import event_pb2
 from diwa_jax import config as configlib
 from diwa_jax import evaluate, pipeline, videos
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.finetune.stage import load_finetuned_actor
-from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.artifacts import caches as ensure_cache
+from diwa_jax.artifacts import data_split_dir as split_dir
+from diwa_jax.artifacts import load_finetuned_actor, load_policy, load_world_model
 from diwa_jax.world_model import model
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
 from experiments.calvin import get_config
 
 TASK = "move_slider_left"  # the tiny preset's one task

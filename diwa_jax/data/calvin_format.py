@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from diwa_jax.atomic import atomic_write
+from diwa_jax.errors import DataError
 
 FRAME_PREFIX = "episode_"
 FRAME_DIGITS = 7
@@ -35,10 +36,6 @@ LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
 STATISTICS = "statistics.yaml"
 
 _FRAME_NAME = re.compile(r"^(?P<prefix>.*?)(?P<counter>\d+)\.npz$")
-
-
-class DataError(Exception):
-    """A data file is missing, truncated, corrupt or inconsistent; the message names it and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------

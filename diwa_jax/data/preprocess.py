@@ -369,6 +369,12 @@ class Cache:
         return rows
 
 
+def ensure_cache(root: str | os.PathLike, cache_dir: str | os.PathLike,
+                 splits: Sequence[str] = ("training", "validation"), **kwargs) -> dict[str, Cache]:
+    """The open caches of the splits of a CALVIN root, built (or resumed) first where unfinished."""
+    return {name: load_cache(path) for name, path in build_dataset_cache(root, cache_dir, splits, **kwargs).items()}
+
+
 def load_cache(cache_split_dir: str | os.PathLike) -> Cache:
     """Opens a finished cache read-only; DataError when it is incomplete or inconsistent."""
     path = Path(cache_split_dir)

@@ -7,11 +7,17 @@ updated at the end of every ``ema_every``-th epoch, a plain copy of the model be
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 
 from diwa_jax.policy.denoiser import denoise_eps, init_denoiser
+from diwa_jax.data.batching import expert_chunks
+from diwa_jax.data.calvin_format import DataError
 from diwa_jax.policy.schedule import DDPMSchedule
+
+LOSS_KEY_SEED = 12345  # fixed noise for the reported final loss, comparable across runs
+LOSS_EVAL_SAMPLES = 4096
 
 
 @struct.dataclass
@@ -116,3 +122,21 @@ def make_bc_update(cfg_policy: ml_collections.ConfigDict, schedule: DDPMSchedule
         return new_state, {"loss": loss, "lr": learning_rate(state.step)}
 
     return update
+
+
+def bc_samples(windows: np.ndarray, features, rel_actions: np.ndarray, horizon: int) -> tuple:
+    """``(rows (M,), cond (M, latent), actions (M, Ta, 7))``: every chunk start of every window whose chunk
+    fits in the window, the latent of that row (``features.feature(rows)``) and the next ``horizon`` actions."""
+    rows, chunks = expert_chunks(windows, rel_actions, horizon)
+    if len(rows) == 0:
+        lengths = (windows[:, 1] - windows[:, 0] + 1).tolist()
+        raise DataError(f"BC samples: no window is as long as config.policy.horizon={horizon} (lengths {lengths})")
+    return rows, features.feature(rows), chunks
+
+
+def mean_bc_loss(params: dict, schedule: DDPMSchedule, cond: np.ndarray, actions: np.ndarray) -> float:
+    """The BC loss on (up to ``LOSS_EVAL_SAMPLES`` of) the samples with fixed noise: a resume-proof report."""
+    rows = slice(0, LOSS_EVAL_SAMPLES)
+    loss = jax.jit(bc_loss)(params, schedule, jnp.asarray(cond[rows]), jnp.asarray(actions[rows]),
+                            jax.random.key(LOSS_KEY_SEED))
+    return float(loss)
