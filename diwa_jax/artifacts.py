@@ -131,10 +131,11 @@ def _restore(config, stage: str, task: str | None, what: str, item: str, init: C
         return ck.restore({item: abstract})[item]
 
 
-def load_world_model(config) -> tuple[model.WorldModelSpec, dict]:
-    """The trained world model's spec and parameters (only the ``params`` item is read)."""
+def load_world_model(config) -> model.WorldModel:
+    """The trained world model (only the ``params`` item of its checkpoint is read)."""
     spec = world_model_spec(config)
-    return spec, _restore(config, "world_model", None, "world model", "params", lambda k: model.init_params(k, spec))
+    return model.WorldModel(params=_restore(config, "world_model", None, "world model", "params",
+                                            lambda k: model.init_params(k, spec)), spec=spec)
 
 
 def _init_actor(config):

@@ -127,10 +127,11 @@ def random_models(config, seed: int):
     from diwa_jax.policy.denoiser import init_denoiser
     from diwa_jax.policy.schedule import make_schedule
     from diwa_jax.reward.classifier import init_classifier
+    from diwa_jax.specs import world_model_spec
     from diwa_jax.types import Latent
     from diwa_jax.world_model import model as wm
 
-    spec = wm.as_spec(config.wm)
+    spec = world_model_spec(config)
     wm_key, classifier_key, actor_key, deter_key, stoch_key = jax.random.split(jax.random.key(seed), 5)
     models = FrozenModels(
         wm={"rssm": jax.jit(lambda k: wm.init_params(k, spec)["rssm"])(wm_key)},

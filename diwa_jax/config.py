@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from diwa_jax.data.preprocess import proprio_dim, scene_state_dim
 from diwa_jax.envs.oracle import TASKS
 from diwa_jax.errors import ConfigError
 
@@ -204,8 +205,8 @@ def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     d.cache_dir = os.path.abspath(config.data.cache_dir) if config.data.cache_dir else os.path.join(workdir, "cache")
     d.collect_data = not config.data.path
     d.latent_dim = config.wm.deter + config.wm.stoch * config.wm.classes
-    d.proprio_dim = 18 if config.data.rot6d else 15  # tcp pos 3, orn (rot6d 6 | euler 3), width, 7 joints, gripper
-    d.scene_state_dim = 33 if config.data.rot6d else 24  # 6 scalars + 3 blocks x (pos 3 + orn)
+    d.proprio_dim = proprio_dim(config.data.rot6d)
+    d.scene_state_dim = scene_state_dim(config.data.rot6d)
     d.state_dim = d.proprio_dim + d.scene_state_dim
     d.chunk_dim = config.policy.horizon * config.policy.action_dim
     d.episode_chunks = config.ppo.episode_len // config.policy.act_steps

@@ -122,15 +122,15 @@ def filter_frame(params: dict, latent: Latent, action: jax.Array, obs: dict, res
     return post
 
 
-def encode_observation(world_model: tuple, stats: NormStats, obs: dict, latent: Latent | None, action,
+def encode_observation(world_model: model.WorldModel, stats: NormStats, obs: dict, latent: Latent | None, action,
                        key: jax.Array, frame: int, image_size: int = 64) -> Latent:
     """Posterior latent (batch 1) of one simulator observation: an episode's first frame when ``latent`` is
     None (a reset step from the zero latent; pass ``RESET_ACTION``), else the frame ``action`` led to."""
-    spec, params = world_model
+    spec = world_model.spec
     wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
     reset = latent is None
     latent = model.initial_latent(1, spec) if reset else latent
-    return filter_frame(params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
+    return filter_frame(world_model.params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
                         np.int32(frame), spec=spec)
 
 
@@ -195,12 +195,11 @@ def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, lo
 
 
 def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, episodes: int | None = None,
-                    key: jax.Array | None = None, *, world_model: tuple, stats: NormStats, starts: tuple, env=None,
-                    on_frame: Callable[[dict], None] | None = None) -> dict:
+                    key: jax.Array | None = None, *, world_model: model.WorldModel, stats: NormStats, starts: tuple,
+                    env=None, on_frame: Callable[[dict], None] | None = None) -> dict:
     """Success of the policy (``actor_pre`` for denoising steps >= ``ft_steps``, ``actor_ft`` below) on ``task``.
 
-    ``episodes``: how many of the start states to use (None: all of them). ``world_model = (spec, params)``,
-    ``stats`` the training split's NormStats, ``starts = (robot_obs (E, 15), scene_obs (E, 24))``; ``env`` defaults to
+    ``episodes``: how many of the start states to use (None: all of them). ``stats`` the training split's NormStats, ``starts = (robot_obs (E, 15), scene_obs (E, 24))``; ``env`` defaults to
     ``make_env``'s (closed at the end; a passed env is left open). ``on_frame``: passed to every ``run_episode``.
     Returns success_rate, successes, episodes, mean_steps, sim_steps.
     """
@@ -209,7 +208,6 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
     if n == 0:
         raise ValueError(f"evaluate '{task}': no start states (the validation split has no window of the task); "
                          "collect more validation data (config.collect.val_frames) or drop the task")
-    spec, params = world_model
     schedule = policy_schedule(config)
     settings = sampler_settings(config, ft_steps)
     key = stage_key(config, f"evaluate/{task}") if key is None else key
@@ -222,7 +220,8 @@ def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps
             return encode_observation(world_model, stats, obs, latent, action, obs_key, frame, image_size)
 
         def predict(latent, action, frame):
-            return predict_frame(params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame), spec=spec)
+            return predict_frame(world_model.params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame),
+                                 spec=world_model.spec)
 
         def act(latent, chunk):
             return jax.device_get(sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key,

@@ -84,20 +84,19 @@ def imagine_episode(params: dict, actor_pre: dict, actor_ft: dict, schedule: DDP
     return to_uint8(model.decode(params, spec, features)[CAMERA])
 
 
-def rollout_video(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, *, env, world_model: tuple,
-                  stats, starts: tuple, key: jax.Array | None = None) -> RolloutVideo:
+def rollout_video(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, *, env,
+                  world_model: model.WorldModel, stats, starts: tuple, key: jax.Array | None = None) -> RolloutVideo:
     """The real and imagined episode from the first of ``starts`` (arguments as ``evaluate_policy``'s; the same
     default key, so the real episode is the evaluation's first)."""
     key = stage_key(config, f"evaluate/{task}") if key is None else key
     observations = []
     result = evaluate_policy(config, task, actor_pre, actor_ft, ft_steps, episodes=1, key=key, env=env,
                              world_model=world_model, stats=stats, starts=starts, on_frame=observations.append)
-    spec, params = world_model
     image_size = config.data.image_size
     obs_key, act_key = episode_keys(key, 0)  # the real episode's keys
     latent = encode_observation(world_model, stats, observations[0], None, RESET_ACTION, obs_key, 0, image_size)
-    imagined = imagine_episode(params, actor_pre, actor_ft, policy_schedule(config), latent, obs_key, act_key,
-                               spec=spec, settings=sampler_settings(config, ft_steps),
+    imagined = imagine_episode(world_model.params, actor_pre, actor_ft, policy_schedule(config), latent, obs_key,
+                               act_key, spec=world_model.spec, settings=sampler_settings(config, ft_steps),
                                act_steps=config.policy.act_steps, max_steps=config.eval.max_steps)
     real = np.stack([resize_area(np.asarray(obs[CAMERA]), image_size) for obs in observations])
     return RolloutVideo(real=real, imagined=np.asarray(imagined), sim_steps=result["sim_steps"])

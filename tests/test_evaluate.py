@@ -135,7 +135,7 @@ def test_random_policy_in_the_playtable(config):
     scene = np.stack([o["scene_obs"] for o in resets])
     stats = compute_norm_stats(robot + np.linspace(-0.1, 0.1, 3)[:, None], scene, rot6d=True, source="test")
     spec = model.as_spec(config.wm)
-    world_model = (spec, model.init_params(jax.random.key(0), spec))
+    world_model = model.WorldModel(params=model.init_params(jax.random.key(0), spec), spec=spec)
     actor = init_denoiser(jax.random.key(1), config.policy, spec.feature_dim)
     kwargs = dict(episodes=2, key=jax.random.key(2), env=env, world_model=world_model, stats=stats,
                   starts=(robot, scene))

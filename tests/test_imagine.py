@@ -223,3 +223,21 @@ def test_never_firing_classifier_truncates_at_episode_len_across_rollouts():
     metrics = jax.device_get(rollout_metrics(second_half))
     # truncations at t = 0 and t = 2
     assert (metrics["success_rate"], metrics["episode_return"], metrics["episodes"]) == (0.0, 0.0, 8.0)
+
+
+@pytest.mark.parametrize("rot6d", [True, False])
+def test_imagination_uses_the_world_model_spec_the_stages_train_and_restore(rot6d, tmp_path):
+    """One WorldModelSpec per config: the one the world_model stage trains (and artifacts restores) is the one the
+    imagined rollout and the PPO iteration are compiled for, input sizes included (without rot6d: 15-D proprio,
+    39-D state)."""
+    from diwa_jax import config as configlib
+    from diwa_jax.finetune.agent import FinetuneSpec
+    from diwa_jax.specs import world_model_spec
+    config = tiny_config()
+    config.data.rot6d = rot6d
+    config = configlib.finalize(config, str(tmp_path))
+    trained = world_model_spec(config)
+    assert (trained.proprio_dim, trained.state_dim) == (config.derived.proprio_dim, config.derived.state_dim)
+    assert trained.proprio_dim == (18 if rot6d else 15) and trained.state_dim == (51 if rot6d else 39)
+    assert RolloutSpec.from_config(config).wm == trained
+    assert FinetuneSpec.from_config(config).rollout.wm == trained

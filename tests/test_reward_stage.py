@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
     caches, features = make_dataset(root)
     config = make_config(root, root / "run")
     spec = model.as_spec(config.wm)
-    return root, caches, features, (spec, model.init_params(jax.random.key(0), spec))
+    return root, caches, features, model.WorldModel(params=model.init_params(jax.random.key(0), spec), spec=spec)
 
 
 def test_labels_are_the_oracle_relative_to_the_window_start(dataset):
@@ -41,7 +41,8 @@ def test_labels_are_the_oracle_relative_to_the_window_start(dataset):
 
 
 def test_imagined_latents_equal_a_step_by_step_prior_replay(dataset):
-    _, caches, features, (spec, params) = dataset
+    _, caches, features, world_model = dataset
+    spec, params = world_model.spec, world_model.params
     cache, feats = caches["training"], features["training"]
     windows = np.array([[3, 10], [40, 44]])  # 8 and 5 frames: the second one is padded
     actions = stage.window_actions(cache.rel_actions, windows)
@@ -83,9 +84,9 @@ def test_training_set_pairs_latents_with_their_frame_labels(dataset):
         match = np.flatnonzero((pool == feature).all(axis=1))
         assert len(match) == 1 and row_labels[match[0]] == label
     # every imagined sample is one of the window's imagined latents with the label of the matching real frame
-    imagined = np.asarray(stage.imagined_features(world_model[1], feats.latent(windows[:, 0]),
+    imagined = np.asarray(stage.imagined_features(world_model.params, feats.latent(windows[:, 0]),
                                                   stage.window_actions(cache.rel_actions, windows),
-                                                  jax.random.key(0), spec=world_model[0]))
+                                                  jax.random.key(0), spec=world_model.spec))
     pool = np.concatenate([imagined[w, :len(lab) - 1] for w, lab in enumerate(labels)])
     pool_labels = np.concatenate([lab[1:] for lab in labels])
     for feature, label in zip(train["features"][expect_real:], train["labels"][expect_real:]):

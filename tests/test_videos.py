@@ -104,7 +104,7 @@ def test_real_half_is_the_evaluation_episode_and_the_imagined_half_covers_max_st
 def test_imagined_half_starts_from_the_evaluation_latent_is_deterministic_and_follows_the_policy(
         run, env, monkeypatch):
     config, actor_pre, actor_ft, evaluation = run
-    spec, params = evaluation["world_model"]
+    spec, params = evaluation["world_model"].spec, evaluation["world_model"].params
     first_latents = []
     filter_frame = evaluate.filter_frame
 

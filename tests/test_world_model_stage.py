@@ -27,7 +27,8 @@ def test_world_model_stage_outputs(trained):
     with open(pipeline.stage_dir(cfg, "world_model") + "/openloop.json") as f:
         report = json.load(f)
     assert report["horizon"] == cfg.wm.openloop_horizon and np.isfinite(report["image_mse"])
-    spec, params = artifacts.load_world_model(cfg)
+    world_model = artifacts.load_world_model(cfg)
+    spec, params = world_model.spec, world_model.params
     assert spec.deter == cfg.wm.deter
     with open(pipeline.stage_dir(cfg, "world_model") + "/metrics.jsonl") as f:
         losses = [m for m in map(json.loads, f) if "world_model/loss" in m]
@@ -54,7 +55,8 @@ def test_state_variant_reports_decoded_scene(trained, tmp_path):
 def test_featurize_covers_every_frame_and_resumes(trained, monkeypatch):
     cfg = trained
     caches = artifacts.caches(cfg)
-    spec, params = artifacts.load_world_model(cfg)
+    world_model = artifacts.load_world_model(cfg)
+    spec, params = world_model.spec, world_model.params
     key = configlib.stage_key(cfg, "featurize")
     featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
     straight = artifacts.load_features(cfg, "training")

@@ -67,6 +67,17 @@ def euler_to_rot6d(euler: np.ndarray) -> np.ndarray:
     return np.concatenate([m[..., :, 0], m[..., :, 1]], axis=-1)
 
 
+def proprio_dim(rot6d: bool) -> int:
+    """Width of ``robot_obs_to_proprio``'s output: tcp pos 3, orientation (rot6d 6 | euler 3), width, 7 joints,
+    gripper."""
+    return 18 if rot6d else 15
+
+
+def scene_state_dim(rot6d: bool) -> int:
+    """Width of ``scene_obs_to_state``'s output: 6 scalars + 3 blocks x (pos 3 + orientation)."""
+    return 33 if rot6d else 24
+
+
 def robot_obs_to_proprio(robot_obs: np.ndarray, rot6d: bool = True) -> np.ndarray:
     """(..., 15) robot_obs -> (..., 18) [tcp pos 3, tcp rot6d 6, width 1, joints 7, gripper 1] (15 unchanged without rot6d)."""
     robot_obs = np.asarray(robot_obs, np.float64)

@@ -23,6 +23,7 @@ from flax import struct
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import REWARD_MODES, classifier_logits, reward_from_logits
+from diwa_jax.specs import world_model_spec
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model as wm
 
@@ -57,8 +58,8 @@ class RolloutSpec:
 
     @classmethod
     def from_config(cls, config) -> "RolloutSpec":
-        """From the experiment config (sections ``wm``, ``policy``, ``ppo``)."""
-        return cls(wm=wm.as_spec(config.wm), n_steps=config.ppo.n_steps, horizon=config.policy.horizon,
+        """From the experiment config (sections ``wm``, ``data``, ``policy``, ``ppo``)."""
+        return cls(wm=world_model_spec(config), n_steps=config.ppo.n_steps, horizon=config.policy.horizon,
                    action_dim=config.policy.action_dim, act_steps=config.policy.act_steps,
                    ft_steps=config.policy.ft_denoising_steps, episode_len=config.ppo.episode_len,
                    min_sampling_std=config.ppo.min_sampling_std, min_logprob_std=config.ppo.min_logprob_std,

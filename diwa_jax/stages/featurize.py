@@ -67,8 +67,8 @@ def featurize_split(config, spec, params, cache: Cache, split: str, key: jax.Arr
 def featurize(config) -> dict:
     """Stage runner."""
     caches = artifacts.caches(config)
-    spec, params = artifacts.load_world_model(config)
+    world_model = artifacts.load_world_model(config)
     key = stage_key(config, "featurize")
     for i, split in enumerate(artifacts.SPLITS):
-        featurize_split(config, spec, params, caches[split], split, jax.random.fold_in(key, i))
+        featurize_split(config, world_model.spec, world_model.params, caches[split], split, jax.random.fold_in(key, i))
     return {split: {"frames": len(caches[split])} for split in artifacts.SPLITS}

@@ -41,6 +41,7 @@ from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
+from diwa_jax.world_model.model import WorldModel
 
 START_STREAM = 7001  # numpy stream (seed, task, START_STREAM) of the simulator start states
 
@@ -71,7 +72,7 @@ def simulator_start_states(config, task: str, n: int) -> tuple[np.ndarray, np.nd
     return np.stack(robot), np.stack(scene)
 
 
-def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
+def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
     """``(P, ...)`` latents: each frame encoded by a reset posterior step with the reset action, exactly as an
     evaluation episode encodes its first frame (``evaluate.encode_observation``), frame i with ``fold_in(key, i)``."""
     latents = [encode_observation(world_model, stats, obs, None, RESET_ACTION, jax.random.fold_in(key, i), 0,
@@ -79,7 +80,7 @@ def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *latents)
 
 
-def build_start_pool(config, task: str, world_model: tuple, stats, env) -> tuple[Latent, dict]:
+def build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> tuple[Latent, dict]:
     """The start latents of ``task`` (``config.ppo.start_source``) and a description (source, count, states)."""
     n = config.ppo.n_start_states
     if config.ppo.start_source == "simulator":
@@ -98,7 +99,7 @@ def build_start_pool(config, task: str, world_model: tuple, stats, env) -> tuple
     return artifacts.load_features(config, "training").latent(rows), {"rows": rows}
 
 
-def load_or_build_start_pool(config, task: str, world_model: tuple, stats, env) -> Latent:
+def load_or_build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> Latent:
     """The saved pool of an earlier (interrupted) run of the task, else a new one, saved."""
     pool = artifacts.load_start_pool(config, task)
     if pool is not None:
@@ -136,13 +137,13 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
 
 # ---- one task -----------------------------------------------------------------------------------------
 
-def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts: tuple) -> dict:
+def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_starts: tuple) -> dict:
     """Fine-tune ``task``'s policy (resuming from its checkpoints); returns the task's summary."""
     started = time.time()
     ppo = config.ppo
     ft_steps = config.policy.ft_denoising_steps
     schedule, actor_pre = artifacts.load_policy(config, task)
-    models = FrozenModels(wm=world_model[1], classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
+    models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, world_model, stats, counting)

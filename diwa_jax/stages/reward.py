@@ -50,17 +50,17 @@ def imagined_features(params, start: Latent, actions: jax.Array, key: jax.Array,
 
 
 def training_set(config, task: str, windows: np.ndarray, cache: Cache, features: Features,
-                 world_model: tuple | None, key: jax.Array) -> dict:
+                 world_model: model.WorldModel | None, key: jax.Array) -> dict:
     """Balanced training features and labels of ``task`` plus counts: ``{"features", "labels", "n_real",
-    "n_imagined"}``. ``world_model = (spec, params)`` is needed only with ``reward.use_imagined``."""
+    "n_imagined"}``. ``world_model`` is needed only with ``reward.use_imagined``."""
     cfg = config.reward
     labels = window_labels(cache.scene_obs, windows, task)
     episodes = [(features.feature(np.arange(start, end + 1)), lab) for (start, end), lab in zip(windows, labels)]
     n_real = len(episodes)
     if cfg.use_imagined:
-        spec, params = world_model
-        imagined = np.asarray(imagined_features(params, features.latent(windows[:, 0]),
-                                                window_actions(cache.rel_actions, windows), key, spec=spec))
+        imagined = np.asarray(imagined_features(world_model.params, features.latent(windows[:, 0]),
+                                                window_actions(cache.rel_actions, windows), key,
+                                                spec=world_model.spec))
         episodes += [(imagined[w, :len(lab) - 1], lab[1:]) for w, lab in enumerate(labels) if len(lab) > 1]
     rng = np.random.default_rng([config.seed, task_index(task), _BALANCE_STREAM])
     picks = balance_episode_samples([lab for _, lab in episodes], cfg.negatives_per_episode, rng,

@@ -101,6 +101,14 @@ def as_spec(cfg: Any, **dims) -> WorldModelSpec:
 
 
 @struct.dataclass
+class WorldModel:
+    """A world model: its parameters and the static spec they were made for."""
+
+    params: Any
+    spec: WorldModelSpec = struct.field(pytree_node=False)
+
+
+@struct.dataclass
 class WMTrainState:
     step: jnp.ndarray
     params: Any
