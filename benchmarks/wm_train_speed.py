@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for experiments/ and diwa_jax/
 
+from diwa_jax.specs import world_model_spec  # noqa: E402
 from diwa_jax.world_model import model as wm  # noqa: E402
 from experiments.calvin import get_config  # noqa: E402
 
@@ -39,9 +40,9 @@ def synthetic_batch(spec: wm.WorldModelSpec, batch_size: int, seq_len: int, seed
 
 
 def bench_preset(preset: str, variant: str, batch_size: int, seq_len: int, steps: int) -> dict:
-    cfg = get_config(preset).wm
-    cfg.variant = variant
-    spec = wm.as_spec(cfg)
+    config = get_config(preset)
+    config.wm.variant = variant
+    cfg, spec = config.wm, world_model_spec(config)
     batch_size, seq_len = batch_size or cfg.batch_size, seq_len or cfg.seq_len
     batch = jax.device_put(synthetic_batch(spec, batch_size, seq_len))
     state = jax.block_until_ready(wm.create_train_state(jax.random.key(0), spec, batch_size))

@@ -30,11 +30,13 @@ import numpy as np
 
 from diwa_jax.atomic import write_json
 from diwa_jax.checkpoint import Checkpointer
+from diwa_jax.data.batching import select_windows, task_windows
+from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.data.preprocess import Cache, ensure_cache
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import init_classifier
-from diwa_jax.specs import policy_schedule, world_model_spec
+from diwa_jax.specs import denoiser_spec, policy_schedule, reward_spec, world_model_spec
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 from diwa_jax.world_model.featurize import Features
@@ -139,7 +141,7 @@ def load_world_model(config) -> model.WorldModel:
 
 
 def _init_actor(config):
-    return lambda k: init_denoiser(k, config.policy, config.derived.latent_dim)
+    return lambda k: init_denoiser(k, denoiser_spec(config), config.derived.latent_dim)
 
 
 def load_policy(config, task: str) -> tuple[DDPMSchedule, dict]:
@@ -151,12 +153,23 @@ def load_policy(config, task: str) -> tuple[DDPMSchedule, dict]:
 def load_reward(config, task: str) -> dict:
     """The trained classifier parameters of ``task`` (the last checkpoint)."""
     return _restore(config, "reward", task, f"classifier of '{task}'", "params",
-                    lambda k: init_classifier(k, config.reward, config.derived.latent_dim))
+                    lambda k: init_classifier(k, reward_spec(config), config.derived.latent_dim))
 
 
 def load_finetuned_actor(config, task: str) -> dict:
     """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run."""
     return _restore(config, "finetune", task, f"fine-tuning of '{task}'", "actor", _init_actor(config))
+
+
+def start_states(config, task: str, split: CalvinSplit, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
+    """``(robot_obs (E, 15), scene_obs (E, 24))`` the evaluation starts from: the first frame of the task's
+    windows in ``split`` (the validation split), ``config.eval.max_episodes`` of them drawn with ``config.seed``
+    (0: all)."""
+    windows = task_windows(split, cache, task)
+    if config.eval.max_episodes:
+        windows = select_windows(windows, config.eval.max_episodes, config.seed)
+    rows = windows[:, 0]
+    return np.asarray(cache.robot_obs[rows]), np.asarray(cache.scene_obs[rows])
 
 
 def load_features(config, split: str) -> Features:

@@ -15,13 +15,12 @@ import pytest
 
 from diwa_jax import artifacts
 from diwa_jax import config as configlib
-from diwa_jax import pipeline
+from diwa_jax import pipeline, specs
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data.batching import select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.evaluate import start_states
 from diwa_jax.artifacts import data_split_dir as split_dir
-from diwa_jax.artifacts import load_features, load_policy
+from diwa_jax.artifacts import load_features, load_policy, start_states
 from diwa_jax.finetune.agent import create_finetune_state
 from diwa_jax.stages import finetune as stage
 from diwa_jax.training import restore_state
@@ -109,7 +108,7 @@ def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_r
     _, eval_scenes = start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
     assert not any(np.allclose(s, e) for s in scene for e in eval_scenes)
     # re-rendering and encoding the first start reproduces its pool latent: a reset posterior on one frame
-    from diwa_jax.evaluate import make_env
+    from diwa_jax.specs import make_env
     from diwa_jax.artifacts import load_world_model
     env = make_env(config)
     try:
@@ -139,7 +138,7 @@ def finetune_state(config):
     _, actor_pre = load_policy(config, TASK)
     with np.load(os.path.join(artifacts.task_dir(config, "finetune", TASK), artifacts.START_POOL)) as saved:
         pool = Latent(deter=saved["deter"], stoch=saved["stoch"])
-    template = create_finetune_state(jax.random.key(0), config, actor_pre, pool)
+    template = create_finetune_state(specs.finetune_spec(config), jax.random.key(0), actor_pre, pool)
     with Checkpointer(os.path.join(artifacts.task_dir(config, "finetune", TASK), "checkpoints")) as ck:
         return ck.latest_step(), restore_state(ck, template)
 

@@ -17,13 +17,16 @@ LAYERS = (
     ("diwa_jax.envs", "diwa_jax.data"),
     ("diwa_jax.config",),  # rules and derived values (it knows the task list)
     ("diwa_jax.world_model", "diwa_jax.policy", "diwa_jax.reward"),  # models
-    ("diwa_jax.specs",),  # model specs from the config
-    ("diwa_jax.finetune", "diwa_jax.evaluate", "diwa_jax.videos", "diwa_jax.distributed", "diwa_jax.bench"),
-    ("diwa_jax.artifacts",),
-    ("diwa_jax.stages",),
+    ("diwa_jax.finetune", "diwa_jax.evaluate", "diwa_jax.videos", "diwa_jax.distributed"),  # fine-tuning, closed loop
+    ("diwa_jax.specs",),  # every library spec, built from the config
+    ("diwa_jax.artifacts",),  # the workdir and typed loaders
+    ("diwa_jax.stages", "diwa_jax.bench"),  # runners and the benchmark's entry point
     ("diwa_jax.pipeline",),
     ("launch",),
 )
+# Where the experiment config is read: everything else is a library and takes specs, params and arrays.
+CONFIG_READERS = ("diwa_jax.config", "diwa_jax.specs", "diwa_jax.artifacts", "diwa_jax.stages", "diwa_jax.pipeline",
+                  "diwa_jax.bench", "launch")
 MODEL_PACKAGES = ("diwa_jax.world_model", "diwa_jax.policy", "diwa_jax.reward", "diwa_jax.finetune")
 STAGE_USERS = ("diwa_jax.stages", "diwa_jax.pipeline", "launch")
 
@@ -91,6 +94,32 @@ def test_envs_and_data_know_nothing_of_models():
     wrong = [f"{m} imports {i}" for m, i in _edges()
              if _inside(m, ("diwa_jax.envs", "diwa_jax.data")) and _inside(i, MODEL_PACKAGES)]
     assert not wrong, "\n".join(wrong)
+
+
+def _config_parameters(path: str) -> list[str]:
+    """``function(param)`` for every public function (and method) of ``path`` with a parameter named like the
+    experiment config or a section of it (``config``, ``cfg``, ``cfg_*``, ``*_config``)."""
+    found = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            found += [f"{node.name}({a.arg})" for a in args
+                      if a.arg in ("config", "cfg") or a.arg.startswith("cfg_") or a.arg.endswith("_config")]
+    return found
+
+
+def test_no_library_function_takes_the_experiment_config():
+    wrong = [f"{m}.{f}" for m, path in sorted(_modules().items()) if not _inside(m, CONFIG_READERS)
+             for f in _config_parameters(path)]
+    assert not wrong, "library functions taking the config (give them a spec from diwa_jax/specs.py):\n" + \
+        "\n".join(wrong)
+
+
+def test_the_config_check_catches_a_config_parameter(tmp_path):
+    path = tmp_path / "lib.py"
+    path.write_text("def run(spec, cfg_policy):\n    pass\n\ndef _private(config):\n    pass\n"
+                    "class A:\n    def make(self, config):\n        pass\n")
+    assert _config_parameters(str(path)) == ["run(cfg_policy)", "make(config)"]
 
 
 @pytest.mark.parametrize("source, rule", [

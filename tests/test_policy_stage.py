@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from diwa_jax import artifacts
+from diwa_jax import artifacts, specs
 from diwa_jax import config as configlib
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data import calvin_format as cf
@@ -100,7 +100,7 @@ def test_epoch_batches_cover_every_sample_and_depend_only_on_the_step():
 
 
 def _restored_state(config, task):
-    abstract = jax.eval_shape(lambda k: init_denoiser(k, config.policy, config.derived.latent_dim), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: init_denoiser(k, specs.denoiser_spec(config), config.derived.latent_dim), jax.random.key(0))
     with Checkpointer(os.path.join(config.derived.workdir, "policy", task, "checkpoints")) as ck:
         return ck.latest_step(), ck.restore({"params": abstract, "ema_params": abstract})
 

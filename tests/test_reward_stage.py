@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diwa_jax.data import calvin_format as cf
-from diwa_jax import artifacts
+from diwa_jax import artifacts, specs
 from diwa_jax.stages import reward as stage
 from diwa_jax.reward.classifier import classifier_logits
 from diwa_jax.types import Latent
@@ -24,7 +24,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("reward_data")
     caches, features = make_dataset(root)
     config = make_config(root, root / "run")
-    spec = model.as_spec(config.wm)
+    spec = specs.world_model_spec(config)
     return root, caches, features, model.WorldModel(params=model.init_params(jax.random.key(0), spec), spec=spec)
 
 

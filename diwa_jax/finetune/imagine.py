@@ -23,7 +23,6 @@ from flax import struct
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import REWARD_MODES, classifier_logits, reward_from_logits
-from diwa_jax.specs import world_model_spec
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model as wm
 
@@ -55,16 +54,6 @@ class RolloutSpec:
         if not 1 <= self.act_steps <= self.horizon:
             raise ValueError(f"config.policy.act_steps={self.act_steps} must lie in [1, config.policy.horizon="
                              f"{self.horizon}]")
-
-    @classmethod
-    def from_config(cls, config) -> "RolloutSpec":
-        """From the experiment config (sections ``wm``, ``data``, ``policy``, ``ppo``)."""
-        return cls(wm=world_model_spec(config), n_steps=config.ppo.n_steps, horizon=config.policy.horizon,
-                   action_dim=config.policy.action_dim, act_steps=config.policy.act_steps,
-                   ft_steps=config.policy.ft_denoising_steps, episode_len=config.ppo.episode_len,
-                   min_sampling_std=config.ppo.min_sampling_std, min_logprob_std=config.ppo.min_logprob_std,
-                   randn_clip=config.ppo.randn_clip, denoised_clip=config.policy.denoised_clip,
-                   reward_mode=config.ppo.reward_mode, binarize_gripper=config.ppo.binarize_gripper)
 
 
 @struct.dataclass

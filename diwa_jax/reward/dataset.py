@@ -25,8 +25,8 @@ def window_actions(rel_actions: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return actions
 
 
-def validation_set(windows: np.ndarray, cache: Cache, features: Features, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Real latents and labels of every frame of every window, unbalanced."""
+def validation_set(windows: np.ndarray, cache: Cache, features, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Real latents (``features.feature(rows)``) and labels of every frame of every window, unbalanced."""
     rows = np.concatenate([np.arange(start, end + 1) for start, end in windows] or [np.zeros(0, np.int64)])
     labels = np.concatenate(window_labels(cache.scene_obs, windows, task) or [np.zeros(0, bool)]).astype(np.int32)
     return features.feature(rows), labels

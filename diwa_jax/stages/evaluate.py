@@ -1,7 +1,7 @@
 """The ``evaluate`` stage: pre-trained vs fine-tuned success in the simulator, and the run's result table.
 
 Per task, both policies are evaluated on the same validation start states with the same evaluation key
-(``evaluate_policy``'s default): the pre-trained one (the fine-tuned denoiser steps are the pre-trained
+(``stage_key(config, "evaluate/<task>")``, as fine-tuning's periodic evaluations): the pre-trained one (the fine-tuned denoiser steps are the pre-trained
 params, ``actor_ft = actor_pre``) and the fine-tuned one (the last fine-tuning checkpoint). Imagined success
 and fine-tuning's simulator-step count come from the finetune stage, wall times from the stage markers.
 
@@ -21,8 +21,10 @@ import numpy as np
 from diwa_jax import artifacts
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.evaluate import evaluate_policy, make_env, start_states
+from diwa_jax.config import stage_key
+from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.logging import MetricLogger, info
+from diwa_jax.specs import eval_spec, make_env
 from diwa_jax.videos import write_task_videos
 
 
@@ -86,22 +88,23 @@ def evaluate_stage(config) -> dict:
     caches = artifacts.caches(config)
     stats = caches["training"].stats
     validation = CalvinSplit(artifacts.data_split_dir(config, "validation"))
-    ft_steps = config.policy.ft_denoising_steps
+    spec = eval_spec(config)
     env = make_env(config)
     videos = (MetricLogger(artifacts.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
               if config.log.video else None)
     tasks, curves = {}, {}
     try:
         for task in config.tasks:
-            starts = start_states(config, task, validation, caches["validation"])
-            _, actor_pre = artifacts.load_policy(config, task)
+            starts = artifacts.start_states(config, task, validation, caches["validation"])
+            schedule, actor_pre = artifacts.load_policy(config, task)
             actor_ft = artifacts.load_finetuned_actor(config, task)
-            common = dict(env=env, world_model=world_model, stats=stats, starts=starts)
-            pre = evaluate_policy(config, task, actor_pre, actor_pre, ft_steps, **common)
-            ft = evaluate_policy(config, task, actor_pre, actor_ft, ft_steps, **common)
+            common = dict(key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=stats,
+                          starts=starts)
+            pre = evaluate_policy(spec, task, schedule, actor_pre, actor_pre, **common)
+            ft = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, **common)
             video_sim_steps = 0 if videos is None else write_task_videos(
-                config, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)}, ft_steps,
-                videos, **common)
+                spec, schedule, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)},
+                videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR), **common)
             finetuned = artifacts.finetune_summary(config, task)
             curves[task] = artifacts.read_curve(config, task)
             tasks[task] = {

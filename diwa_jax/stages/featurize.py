@@ -31,8 +31,6 @@ def featurize_split(config, spec, params, cache: Cache, split: str, key: jax.Arr
     chunk = max(1, config.featurize.chunk_frames // len(rows))
     n_chunks = -(-rows.shape[1] // chunk)
     rows = np.pad(rows, ((0, 0), (0, n_chunks * chunk - rows.shape[1])), constant_values=-1)
-    if spec.classes > 256:
-        raise ValueError(f"config.wm.classes={spec.classes}: featurize stores class indices as uint8 (<= 256)")
 
     def open_array(name, shape, dtype):
         path = out / name

@@ -35,10 +35,11 @@ from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs.oracle import task_index
-from diwa_jax.evaluate import encode_observation, evaluate_policy, make_env, start_states
+from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
+from diwa_jax.specs import eval_spec, finetune_spec, make_env
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
@@ -118,11 +119,11 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
     restored one) is placed there first; host values are identical in every process (same seed, same files)."""
     n = config.ppo.devices or jax.device_count()
     if n == 1:
-        return make_iteration(config, models, pool)
+        return make_iteration(finetune_spec(config), models, pool)
     if n > jax.device_count():
         raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
     mesh = distributed.make_mesh(jax.devices()[:n])
-    program = distributed.sharded_iteration(config, mesh, state)
+    program = distributed.sharded_iteration(finetune_spec(config), mesh, state)
     shardings = distributed.state_shardings(state, mesh)
     models, pool = distributed.shard((models, pool), distributed.replicated(mesh))
     info(f"[finetune] {config.ppo.n_envs} envs split over {n} devices")
@@ -141,20 +142,20 @@ def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_s
     """Fine-tune ``task``'s policy (resuming from its checkpoints); returns the task's summary."""
     started = time.time()
     ppo = config.ppo
-    ft_steps = config.policy.ft_denoising_steps
     schedule, actor_pre = artifacts.load_policy(config, task)
     models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, world_model, stats, counting)
-    state = create_finetune_state(stage_key(config, f"finetune/{task}"), config, actor_pre, pool)
+    state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}"), actor_pre, pool)
     iteration = make_mesh_iteration(config, models, pool, state)
     eval_steps = 0
 
     def evaluate(actor) -> dict:
         nonlocal eval_steps
-        result = evaluate_policy(config, task, actor_pre, jax.device_get(actor), ft_steps, env=env,
-                                 world_model=world_model, stats=stats, starts=eval_starts)
+        result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, jax.device_get(actor),
+                                 key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model,
+                                 stats=stats, starts=eval_starts)
         eval_steps += result["sim_steps"]
         return result
 
@@ -216,7 +217,7 @@ def finetune(config) -> dict:
     summary = {}
     try:
         for task in config.tasks:
-            eval_starts = start_states(config, task, validation, caches["validation"])
+            eval_starts = artifacts.start_states(config, task, validation, caches["validation"])
             summary[task] = finetune_task(config, task, world_model, stats, env, eval_starts)
             s = summary[task]
             info(f"[finetune] {task}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined success "

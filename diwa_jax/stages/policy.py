@@ -21,7 +21,7 @@ from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs.oracle import task_index
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.policy.bc import BCBatch, bc_samples, create_bc_state, make_bc_update, mean_bc_loss
-from diwa_jax.specs import policy_schedule
+from diwa_jax.specs import bc_spec, policy_schedule
 from diwa_jax.training import run_loop
 
 
@@ -32,8 +32,9 @@ def train_task_policy(config, task: str, cond: np.ndarray, actions: np.ndarray) 
     n = len(cond)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     schedule = policy_schedule(config)
-    state = create_bc_state(stage_key(config, f"policy/{task}"), cfg, cond.shape[-1], per_epoch)
-    update = make_bc_update(cfg, schedule, per_epoch)
+    spec = bc_spec(config)
+    state = create_bc_state(stage_key(config, f"policy/{task}"), spec, cond.shape[-1], per_epoch)
+    update = make_bc_update(spec, schedule, per_epoch)
     seed = (config.seed, task_index(task))
 
     def batch_fn(step: int) -> BCBatch:

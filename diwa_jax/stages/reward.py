@@ -29,6 +29,7 @@ from diwa_jax.envs.oracle import task_index
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.reward.dataset import validation_metrics, validation_set, window_actions, window_labels
 from diwa_jax.reward.train import RewardBatch, balance_episode_samples, create_reward_state, make_reward_update
+from diwa_jax.specs import reward_spec
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
@@ -78,7 +79,8 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
     cfg = config.reward
     n = len(train["labels"])
     per_epoch = steps_per_epoch(n, cfg.batch_size)
-    state = create_reward_state(stage_key(config, f"reward/{task}"), cfg, train["features"].shape[-1])
+    spec = reward_spec(config)
+    state = create_reward_state(stage_key(config, f"reward/{task}"), spec, train["features"].shape[-1])
     seed = (config.seed, task_index(task), _SHUFFLE_STREAM)
 
     def batch_fn(step: int) -> RewardBatch:
@@ -93,7 +95,7 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
             logger.scalars(step, {k: v for k, v in validation_metrics(state.params, val_features, val_labels).items()
                                   if v is not None}, prefix=f"reward/{task}/val/")
 
-        state = run_loop(name=f"reward/{task}", state=state, update=make_reward_update(cfg), batch_fn=batch_fn,
+        state = run_loop(name=f"reward/{task}", state=state, update=make_reward_update(spec), batch_fn=batch_fn,
                          num_steps=cfg.epochs * per_epoch, checkpointer=ck, logger=logger,
                          log_every=cfg.eval_every * per_epoch, ckpt_every=cfg.eval_every * per_epoch, on_log=on_log,
                          show_progress=config.log.progress)
