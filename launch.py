@@ -32,9 +32,7 @@ def main(argv):
     # Imported here so that `--help` and flag errors stay fast and free of JAX start-up noise.
     from diwa_jax import config as configlib
     from diwa_jax import distributed, pipeline
-    from diwa_jax.checkpoint import CheckpointError
-    from diwa_jax.data.calvin_format import DataError
-    from diwa_jax.training import TrainingDiverged
+    from diwa_jax.errors import ConfigError, ExpectedFailure
 
     try:  # before anything touches a device
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -45,10 +43,9 @@ def main(argv):
     try:
         config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
         pipeline.run(config, _STAGES.value)  # checks the workdir, then saves the resolved config, then runs
-    except (configlib.ConfigError, pipeline.NotBuiltYet, DataError, CheckpointError, TrainingDiverged) as e:
-        # expected failures: one line naming the culprit and the fix, no traceback
+    except ExpectedFailure as e:  # one line naming the culprit and the fix, no traceback
         print(f"error: {e}", file=sys.stderr)
-        return {configlib.ConfigError: 2, pipeline.NotBuiltYet: 3}.get(type(e), 1)
+        return 2 if isinstance(e, ConfigError) else 1
     print(f"finished: outputs in {config.derived.workdir}")
     return 0
 

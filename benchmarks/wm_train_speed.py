@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repo root, for experiments/ and diwa_jax/
 
 from diwa_jax import bench as jax_bench  # noqa: E402
+from diwa_jax.specs import world_model_spec  # noqa: E402
 from diwa_jax.world_model import model as wm  # noqa: E402
 from experiments.calvin import get_config  # noqa: E402
 
@@ -62,9 +63,9 @@ def parse_size(text: str) -> tuple[str, int, int]:
 
 
 def bench_jax(preset: str, variant: str, batch_size: int, seq_len: int, steps: int) -> dict:
-    cfg = get_config(preset).wm
-    cfg.variant = variant
-    spec = wm.as_spec(cfg)
+    config = get_config(preset)
+    config.wm.variant = variant
+    cfg, spec = config.wm, world_model_spec(config)
     batch_size, seq_len = batch_size or cfg.batch_size, seq_len or cfg.seq_len
     batch = jax.device_put(synthetic_batch(spec, batch_size, seq_len))
     state = jax.block_until_ready(wm.create_train_state(jax.random.key(0), spec, batch_size))

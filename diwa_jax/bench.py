@@ -127,15 +127,16 @@ def random_models(config, seed: int):
     from diwa_jax.policy.denoiser import init_denoiser
     from diwa_jax.policy.schedule import make_schedule
     from diwa_jax.reward.classifier import init_classifier
+    from diwa_jax.specs import denoiser_spec, reward_spec, world_model_spec
     from diwa_jax.types import Latent
     from diwa_jax.world_model import model as wm
 
-    spec = wm.as_spec(config.wm)
+    spec = world_model_spec(config)
     wm_key, classifier_key, actor_key, deter_key, stoch_key = jax.random.split(jax.random.key(seed), 5)
     models = FrozenModels(
         wm={"rssm": jax.jit(lambda k: wm.init_params(k, spec)["rssm"])(wm_key)},
-        classifier=init_classifier(classifier_key, config.reward, spec.feature_dim),
-        actor_pre=init_denoiser(actor_key, config.policy, spec.feature_dim),
+        classifier=init_classifier(classifier_key, reward_spec(config), spec.feature_dim),
+        actor_pre=init_denoiser(actor_key, denoiser_spec(config), spec.feature_dim),
         schedule=make_schedule(config.policy.denoising_steps))
     pool = Latent(deter=jnp.tanh(jax.random.normal(deter_key, (64, spec.deter))),
                   stoch=jax.nn.one_hot(jax.random.randint(stoch_key, (64, spec.stoch), 0, spec.classes), spec.classes))
@@ -159,10 +160,11 @@ def bench_rollout(bench, size: str, n: int) -> dict:
     import jax
 
     from diwa_jax import distributed
-    from diwa_jax.finetune.imagine import RolloutSpec, imagine_rollout, init_env_state
+    from diwa_jax.finetune.imagine import imagine_rollout, init_env_state
+    from diwa_jax.specs import rollout_spec
 
     config = experiment_config(bench, size, n)
-    spec = RolloutSpec.from_config(config)
+    spec = rollout_spec(config)
     models, pool = random_models(config, bench.seed)
     env = init_env_state(pool, n, jax.random.key(bench.seed + 1))
     key = jax.random.key(bench.seed + 2)
@@ -194,13 +196,14 @@ def bench_ppo(bench, size: str) -> dict:
 
     from diwa_jax import distributed
     from diwa_jax.finetune import agent
+    from diwa_jax.specs import finetune_spec
 
     config = experiment_config(bench, size, max(bench.devices, 1))
     config.ppo.update_epochs, config.ppo.batch_size = 1, bench.ppo_batch  # one minibatch step on the whole batch
     config.ppo.alpha_bc, config.ppo.critic_warmup, config.ppo.target_kl = bench.ppo_alpha_bc, 0, 1e9
-    spec = agent.FinetuneSpec.from_config(config)
+    spec = finetune_spec(config)
     models, pool = random_models(config, bench.seed)
-    state = agent.create_finetune_state(jax.random.key(bench.seed), config, models.actor_pre, pool)
+    state = agent.create_finetune_state(spec, jax.random.key(bench.seed), models.actor_pre, pool)
     b, ft_steps = bench.ppo_batch, config.policy.ft_denoising_steps
     chunk = (config.policy.horizon, config.policy.action_dim)
     keys = jax.random.split(jax.random.key(bench.seed + 3), 6)

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diwa_jax.errors import CheckpointError
+
 CONFIG_ITEM = "config"
 
 
@@ -48,10 +50,6 @@ def _data_to_keys(restored: Any, target: Any) -> Any:
             return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
         return r
     return jax.tree.map(leaf, restored, target)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 class Checkpointer:

@@ -13,11 +13,9 @@ from typing import Any, Callable
 
 import ml_collections
 
+from diwa_jax.data.preprocess import proprio_dim, scene_state_dim
 from diwa_jax.envs.oracle import TASKS
-
-
-class ConfigError(ValueError):
-    pass
+from diwa_jax.errors import ConfigError
 
 
 # Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever).
@@ -156,6 +154,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.reward_scale_clip": _positive,
     "ppo.reward_mode": _one_of("binary", "probability"),
     "ppo.alpha_bc": _non_negative,
+    "ppo.logprob_reduce": _one_of("mean", "sum"),
     "ppo.start_source": _one_of("simulator", "dataset"),
     "ppo.devices": _non_negative,
     "ppo.n_start_states": _positive,
@@ -170,6 +169,9 @@ _RELATIONS = (
      "must be <= config.policy.denoising_steps"),
     ("policy.act_steps", lambda c: c.policy.act_steps <= c.policy.horizon, "must be <= config.policy.horizon"),
     ("policy.min_lr", lambda c: c.policy.min_lr <= c.policy.lr, "must be <= config.policy.lr"),
+    ("policy.cosine_epochs", lambda c: c.policy.cosine_epochs > c.policy.warmup_epochs,
+     "must exceed config.policy.warmup_epochs (the cosine cycle includes the warm-up)"),
+    ("wm.classes", lambda c: c.wm.classes <= 256, "must be <= 256 (featurize stores class indices as uint8)"),
     ("ppo.episode_len", lambda c: c.ppo.episode_len % c.policy.act_steps == 0,
      "must be a multiple of config.policy.act_steps"),
     ("ppo.clip_base", lambda c: c.ppo.clip_base <= c.ppo.clip, "must be <= config.ppo.clip"),
@@ -214,8 +216,8 @@ def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     d.cache_dir = os.path.abspath(config.data.cache_dir) if config.data.cache_dir else os.path.join(workdir, "cache")
     d.collect_data = not config.data.path
     d.latent_dim = config.wm.deter + config.wm.stoch * config.wm.classes
-    d.proprio_dim = 18 if config.data.rot6d else 15  # tcp pos 3, orn (rot6d 6 | euler 3), width, 7 joints, gripper
-    d.scene_state_dim = 33 if config.data.rot6d else 24  # 6 scalars + 3 blocks x (pos 3 + orn)
+    d.proprio_dim = proprio_dim(config.data.rot6d)
+    d.scene_state_dim = scene_state_dim(config.data.rot6d)
     d.state_dim = d.proprio_dim + d.scene_state_dim
     d.chunk_dim = config.policy.horizon * config.policy.action_dim
     d.episode_chunks = config.ppo.episode_len // config.policy.act_steps

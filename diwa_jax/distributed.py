@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from diwa_jax.config import ConfigError
+from diwa_jax.errors import ConfigError
 from diwa_jax.finetune import agent
 from diwa_jax.finetune.imagine import EnvState, FrozenModels, Rollout, RolloutSpec, imagine_rollout
 from diwa_jax.mesh import DATA_AXIS
@@ -159,13 +159,12 @@ def sharded_rollout(mesh: Mesh, spec: RolloutSpec) -> MeshProgram:
                                      out_shardings=(rollout_shardings(mesh), envs)))
 
 
-def sharded_iteration(config, mesh: Mesh, state: agent.FinetuneState) -> MeshProgram:
+def sharded_iteration(spec: agent.FinetuneSpec, mesh: Mesh, state: agent.FinetuneState) -> MeshProgram:
     """``(models, start_pool, state) -> (state, metrics)``: ``agent.make_iteration``'s program with the envs (so
     the rollout) and every PPO minibatch split over ``mesh``; ``state`` gives the state's structure."""
-    spec = agent.FinetuneSpec.from_config(config)
     _check_divisible(spec.n_envs, mesh, "config.ppo.n_envs")
     rep, states = replicated(mesh), state_shardings(state, mesh)
-    return MeshProgram(mesh, jax.jit(functools.partial(agent._iteration, spec), in_shardings=(rep, rep, states),
+    return MeshProgram(mesh, jax.jit(functools.partial(agent.ppo_iteration, spec), in_shardings=(rep, rep, states),
                                      out_shardings=(states, rep)))
 
 
@@ -178,13 +177,12 @@ def sharded_ppo_update(spec: agent.FinetuneSpec, mesh: Mesh, state: agent.Finetu
                                      out_shardings=(states, rep)))
 
 
-def sweep_seeds(config, models: FrozenModels, start_pool: Latent, seeds: Sequence[int], iterations: int,
+def sweep_seeds(spec: agent.FinetuneSpec, models: FrozenModels, start_pool: Latent, seeds: Sequence[int], iterations: int,
                 mesh: Mesh | None = None) -> tuple[agent.FinetuneState, dict]:
     """Whole fine-tuning runs, one per seed, vmapped: run s starts from ``create_finetune_state(key(seeds[s]))``
     and does ``iterations`` iterations. Returns the final states and every iteration's metrics, each with a
     leading seed axis (metrics ``(S, iterations)``). With ``mesh``, the seed axis is split over it: each device
     runs whole runs (no mesh context, so nothing inside a run is split further)."""
-    spec = agent.FinetuneSpec.from_config(config)
     seeds = jnp.asarray(seeds, jnp.uint32)
     run = jax.vmap(functools.partial(_finetune_run, spec, iterations), in_axes=(None, None, None, 0))
     if mesh is None:
@@ -197,5 +195,5 @@ def sweep_seeds(config, models: FrozenModels, start_pool: Latent, seeds: Sequenc
 
 def _finetune_run(spec: agent.FinetuneSpec, iterations: int, models: FrozenModels, actor_pre: dict,
                   start_pool: Latent, seed: jnp.ndarray) -> tuple[agent.FinetuneState, dict]:
-    state = agent._create_finetune_state(spec, jax.random.key(seed), actor_pre, start_pool)
-    return jax.lax.scan(lambda s, _: agent._iteration(spec, models, start_pool, s), state, None, length=iterations)
+    state = agent.create_finetune_state(spec, jax.random.key(seed), actor_pre, start_pool)
+    return jax.lax.scan(lambda s, _: agent.ppo_iteration(spec, models, start_pool, s), state, None, length=iterations)

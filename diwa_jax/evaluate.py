@@ -1,6 +1,6 @@
 """Closed-loop evaluation of a diffusion policy in a simulator (spec section 7).
 
-Start states: the first robot/scene state of the task's validation windows (``eval.max_episodes`` of
+Start states (``artifacts.start_states``): the first robot/scene state of the task's validation windows (``eval.max_episodes`` of
 them drawn with ``config.seed``, 0 = all). An episode resets the simulator to a start state and encodes
 its first frame with a reset posterior step (zero action, gripper open). Then it repeats: sample an
 action chunk from the latent (``eval.deterministic``: the "deterministic" DDPM mode), execute its first
@@ -22,31 +22,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from diwa_jax.config import stage_key
-from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
-from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.data.preprocess import Cache, NormStats, resize_area, robot_obs_to_proprio, scene_obs_to_state
+from diwa_jax.data.batching import RESET_ACTION
+from diwa_jax.data.preprocess import NormStats, resize_area, robot_obs_to_proprio, scene_obs_to_state
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.oracle import success_all_np, task_index
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
-from diwa_jax.policy.stage import policy_schedule, split_dir
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
-
-
-def make_env(config):
-    """The simulator of ``config.env.backend``: the embedded play-table or the ``calvin_env`` adapter."""
-    if config.env.backend == "playtable":
-        from diwa_jax.envs.playtable.env import PlayTable
-        return PlayTable(static_size=config.env.static_size, gripper_size=config.env.gripper_size,
-                         renderer=config.env.renderer, seed=config.seed)
-    if config.env.backend == "calvin_env":
-        from diwa_jax.envs.calvin_env import CalvinEnvAdapter
-        return CalvinEnvAdapter(conf_dir=config.env.calvin_env_conf_dir or None,
-                                use_egl=config.env.renderer == "egl", seed=config.seed)
-    raise ValueError(f"config.env.backend={config.env.backend!r}: choose playtable or calvin_env")
 
 
 def wm_observation(obs: dict, stats: NormStats, image_size: int = 64) -> dict:
@@ -70,15 +53,6 @@ def executed_action(action: np.ndarray) -> np.ndarray:
     return action
 
 
-def start_states(config, task: str, split: CalvinSplit, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
-    """``(robot_obs (E, 15), scene_obs (E, 24))`` at the first frame of the task's validation windows."""
-    windows = task_windows(split, cache, task)
-    if config.eval.max_episodes:
-        windows = select_windows(windows, config.eval.max_episodes, config.seed)
-    rows = windows[:, 0]
-    return np.asarray(cache.robot_obs[rows]), np.asarray(cache.scene_obs[rows])
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
     """The static arguments of ``sample_chain`` for evaluation (hashable: one compiled sampler each)."""
@@ -92,14 +66,15 @@ class SamplerSettings:
     deterministic_min_std: float
 
 
-def sampler_settings(config, ft_steps: int) -> SamplerSettings:
-    """Evaluation sampling as in fine-tuning (noise clip ``ppo.randn_clip``, std floor ``ppo.min_sampling_std``
-    when not deterministic)."""
-    return SamplerSettings(
-        chunk_shape=(config.policy.horizon, config.policy.action_dim), ft_steps=int(ft_steps),
-        min_std=config.ppo.min_sampling_std, randn_clip=config.ppo.randn_clip,
-        denoised_clip=config.policy.denoised_clip, deterministic=bool(config.eval.deterministic),
-        deterministic_min_std=config.policy.deterministic_min_std)
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """How a closed-loop episode runs (hashable)."""
+
+    sampler: SamplerSettings
+    act_steps: int  # actions of each chunk executed
+    max_steps: int  # simulator steps before an episode fails
+    filter_every_frame: bool
+    image_size: int  # the world model's camera size
 
 
 @functools.partial(jax.jit, static_argnames="settings")
@@ -123,15 +98,15 @@ def filter_frame(params: dict, latent: Latent, action: jax.Array, obs: dict, res
     return post
 
 
-def encode_observation(world_model: tuple, stats: NormStats, obs: dict, latent: Latent | None, action,
+def encode_observation(world_model: model.WorldModel, stats: NormStats, obs: dict, latent: Latent | None, action,
                        key: jax.Array, frame: int, image_size: int = 64) -> Latent:
     """Posterior latent (batch 1) of one simulator observation: an episode's first frame when ``latent`` is
     None (a reset step from the zero latent; pass ``RESET_ACTION``), else the frame ``action`` led to."""
-    spec, params = world_model
+    spec = world_model.spec
     wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
     reset = latent is None
     latent = model.initial_latent(1, spec) if reset else latent
-    return filter_frame(params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
+    return filter_frame(world_model.params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
                         np.int32(frame), spec=spec)
 
 
@@ -195,63 +170,42 @@ def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, lo
                 latent = loop.predict(latent, action, steps)
 
 
-def evaluate_policy(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, episodes: int | None = None,
-                    key: jax.Array | None = None, *, env=None, world_model: tuple | None = None,
-                    stats: NormStats | None = None, starts: tuple | None = None,
-                    on_frame: Callable[[dict], None] | None = None) -> dict:
-    """Success of the policy (``actor_pre`` for denoising steps >= ``ft_steps``, ``actor_ft`` below) on ``task``.
+def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict,
+                    episodes: int | None = None, *, key: jax.Array, world_model: model.WorldModel, stats: NormStats,
+                    starts: tuple, env, on_frame: Callable[[dict], None] | None = None) -> dict:
+    """Success of the policy (``actor_pre`` for denoising steps >= ``spec.sampler.ft_steps``, ``actor_ft`` below)
+    on ``task`` in the simulator ``env``.
 
-    ``episodes``: how many of the start states to use (None: all of them). Defaults load the pipeline's
-    artifacts: ``world_model = (spec, params)`` from the world_model stage, ``stats`` (training NormStats) and
-    ``starts = (robot_obs (E, 15), scene_obs (E, 24))`` from the cache, ``env`` from ``make_env`` (closed at the
-    end; a passed env is left open). ``on_frame``: passed to every ``run_episode``. Returns success_rate, successes,
+    ``episodes``: how many of the start states to use (None: all of them). ``stats`` the training split's
+    NormStats, ``starts = (robot_obs (E, 15), scene_obs (E, 24))``; episode e draws its noise from
+    ``episode_keys(key, e)``. ``on_frame``: passed to every ``run_episode``. Returns success_rate, successes,
     episodes, mean_steps, sim_steps.
     """
-    if world_model is None:
-        world_model = load_world_model(config)
-    if stats is None or starts is None:
-        caches = ensure_cache(config)
-        stats = caches["training"].stats if stats is None else stats
-        if starts is None:
-            starts = start_states(config, task, CalvinSplit(split_dir(config, "validation")), caches["validation"])
     robot_starts, scene_starts = starts
     n = len(robot_starts) if episodes is None else min(int(episodes), len(robot_starts))
     if n == 0:
         raise ValueError(f"evaluate '{task}': no start states (the validation split has no window of the task); "
                          "collect more validation data (config.collect.val_frames) or drop the task")
-    spec, params = world_model
-    schedule = policy_schedule(config)
-    settings = sampler_settings(config, ft_steps)
-    key = stage_key(config, f"evaluate/{task}") if key is None else key
-    image_size = config.data.image_size
 
     def loop_for(episode: int) -> ClosedLoop:
         obs_key, act_key = episode_keys(key, episode)
 
         def observe(latent, action, obs, frame):
-            return encode_observation(world_model, stats, obs, latent, action, obs_key, frame, image_size)
+            return encode_observation(world_model, stats, obs, latent, action, obs_key, frame, spec.image_size)
 
         def predict(latent, action, frame):
-            return predict_frame(params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame), spec=spec)
+            return predict_frame(world_model.params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame),
+                                 spec=world_model.spec)
 
         def act(latent, chunk):
             return jax.device_get(sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key,
-                                                      np.int32(chunk), settings=settings))
+                                                      np.int32(chunk), settings=spec.sampler))
 
         return ClosedLoop(observe=observe, predict=predict, act=act)
 
-    own_env = env is None
-    env = make_env(config) if own_env else env
-    results = []
-    try:
-        for episode in range(n):
-            results.append(run_episode(env, robot_starts[episode], scene_starts[episode], task,
-                                       loop_for(episode), act_steps=config.policy.act_steps,
-                                       max_steps=config.eval.max_steps,
-                                       filter_every_frame=config.eval.filter_every_frame, on_frame=on_frame))
-    finally:
-        if own_env:
-            env.close()
+    results = [run_episode(env, robot_starts[episode], scene_starts[episode], task, loop_for(episode),
+                           act_steps=spec.act_steps, max_steps=spec.max_steps,
+                           filter_every_frame=spec.filter_every_frame, on_frame=on_frame) for episode in range(n)]
     successes = sum(success for success, _ in results)
     sim_steps = sum(steps for _, steps in results)
     return {"success_rate": successes / n, "successes": int(successes), "episodes": n,

@@ -20,19 +20,20 @@ record the steps made under the old values.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import tempfile
 import time
 from typing import Callable, Sequence
 
+from diwa_jax.artifacts import STAGE_MARKER as MARKER
+from diwa_jax.artifacts import stage_dir
 from diwa_jax.atomic import write_json, write_text
 from diwa_jax.config import ConfigError, sections, to_json
 from diwa_jax.logging import info
-from diwa_jax.training import TrainingDiverged
+from diwa_jax.errors import TrainingDiverged
+from diwa_jax.stages import collect, evaluate, featurize, finetune, policy, reward, world_model
 
-MARKER = "COMPLETE.json"
 STARTED = "STARTED.json"
 DIVERGED = "DIVERGED.json"
 RESOLVED_CONFIG = "config.json"
@@ -43,56 +44,43 @@ COSMETIC = ("collect.workers", "wm.log_every", "wm.image_every", "wm.ckpt_every"
             "ppo.ckpt_every")
 
 
-class NotBuiltYet(RuntimeError):
-    pass
-
-
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     summary: str
     depends_on: tuple[str, ...]  # its own config sections or dotted keys whose values shape the artifact
     parents: tuple[str, ...]  # stages whose artifacts it reads (their fingerprints are part of its own)
-    runner: str | None  # "module:function" taking (config); None: not built yet
-    issue: int  # the issue that builds it
+    runner: Callable[..., dict]  # (config) -> summary
     retunable: tuple[str, ...] = ()  # keys that may change after a divergence (resume from the last finite state)
-
-    def load(self) -> Callable:
-        module, func = self.runner.split(":")
-        return getattr(importlib.import_module(module), func)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("collect", "scripted play and expert demos in the embedded play-table",
           ("seed", "collect", "env.static_size", "env.gripper_size", "env.renderer"), (),
-          "diwa_jax.data.collect:collect", 3),
+          collect.collect),
     Stage("world_model", "train the RSSM on play sequences",
           ("seed", "data.path", "data.image_size", "data.rot6d", "wm"), ("collect",),
-          "diwa_jax.world_model.stage:train_world_model", 4,
+          world_model.train_world_model,
           retunable=("wm.lr", "wm.adam_eps", "wm.clip_norm", "wm.weight_decay")),
     Stage("featurize", "the trained RSSM as a filter over every frame",
-          ("featurize",), ("world_model",), "diwa_jax.world_model.featurize:featurize", 4),
+          ("featurize",), ("world_model",), featurize.featurize),
     Stage("policy", "BC-train the diffusion policy per task",
-          ("tasks", "policy"), ("featurize",), "diwa_jax.policy.stage:train_policies", 5,
+          ("tasks", "policy"), ("featurize",), policy.train_policies,
           retunable=("policy.lr", "policy.min_lr", "policy.weight_decay")),
     Stage("reward", "train the latent success classifier per task",
-          ("tasks", "reward"), ("featurize",), "diwa_jax.reward.stage:train_rewards", 5,
+          ("tasks", "reward"), ("featurize",), reward.train_rewards,
           retunable=("reward.lr",)),
     Stage("finetune", "PPO on the Dream Diffusion MDP, all in imagination",
-          ("tasks", "ppo", "eval", "env"), ("policy", "reward"), "diwa_jax.finetune.stage:finetune", 6,
+          ("tasks", "ppo", "eval", "env"), ("policy", "reward"), finetune.finetune,
           retunable=("ppo.actor_lr", "ppo.critic_lr", "ppo.max_grad_norm")),
     Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
-          ("tasks", "eval", "env"), ("finetune",), "diwa_jax.results:evaluate_stage", 6),
+          ("tasks", "eval", "env"), ("finetune",), evaluate.evaluate_stage),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def _stage(name: str) -> Stage:
     return next(s for s in STAGES if s.name == name)
-
-
-def stage_dir(config, name: str) -> str:
-    return os.path.join(config.derived.workdir, name)
 
 
 def _marker_path(config, stage: Stage, marker: str = MARKER) -> str:
@@ -334,10 +322,6 @@ def run(config, names: Sequence[str] | None = None) -> None:
         if is_complete(config, stage):
             info(f"[{stage.name}] complete, skipping ({_marker_path(config, stage)})")
             continue
-        if stage.runner is None:
-            raise NotBuiltYet(
-                f"stage '{stage.name}' ({stage.summary}) is not built yet (issue #{stage.issue}); "
-                f"the stages before it are complete in {config.derived.workdir}")
         if stage.name != "collect" and not windows_checked:
             check_task_windows(config)  # as soon as the data set exists, before any model is trained
             windows_checked = True
@@ -348,7 +332,7 @@ def run(config, names: Sequence[str] | None = None) -> None:
         info(f"[{stage.name}] {stage.summary}")
         start = time.time()
         try:
-            summary = stage.load()(config) or {}
+            summary = stage.runner(config) or {}
         except TrainingDiverged as e:
             mark_diverged(config, stage, e, e.last_finite_step)
             if stage.name in retuned:  # the last finite state is past saving: say how to start over

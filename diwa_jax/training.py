@@ -25,13 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diwa_jax.checkpoint import Checkpointer
+from diwa_jax.errors import TrainingDiverged
 from diwa_jax.logging import MetricLogger, progress
-
-
-class TrainingDiverged(RuntimeError):
-    def __init__(self, message: str, last_finite_step: int | None):
-        super().__init__(message)
-        self.last_finite_step = last_finite_step
 
 
 def _all_finite(tree: Any) -> jax.Array:

@@ -22,21 +22,18 @@ import numpy as np
 from PIL import Image
 
 from diwa_jax.atomic import atomic_write
-from diwa_jax.config import stage_key
 from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import resize_area
-from diwa_jax.evaluate import (SamplerSettings, encode_observation, episode_keys, evaluate_policy, predict_frame,
-                               sample_action_chunk, sampler_settings)
+from diwa_jax.evaluate import (EvalSpec, SamplerSettings, encode_observation, episode_keys, evaluate_policy,
+                               predict_frame, sample_action_chunk)
 from diwa_jax.finetune.imagine import executed_gripper
 from diwa_jax.logging import MetricLogger
 from diwa_jax.policy.schedule import DDPMSchedule
-from diwa_jax.policy.stage import policy_schedule
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 
 CAMERA = "rgb_static"
 FPS = 10  # 100 ms a frame: GIF frame durations are whole centiseconds
-VIDEO_DIR = "videos"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,22 +81,19 @@ def imagine_episode(params: dict, actor_pre: dict, actor_ft: dict, schedule: DDP
     return to_uint8(model.decode(params, spec, features)[CAMERA])
 
 
-def rollout_video(config, task: str, actor_pre: dict, actor_ft: dict, ft_steps: int, *, env, world_model: tuple,
-                  stats, starts: tuple, key: jax.Array | None = None) -> RolloutVideo:
-    """The real and imagined episode from the first of ``starts`` (arguments as ``evaluate_policy``'s; the same
-    default key, so the real episode is the evaluation's first)."""
-    key = stage_key(config, f"evaluate/{task}") if key is None else key
+def rollout_video(spec: EvalSpec, schedule: DDPMSchedule, task: str, actor_pre: dict, actor_ft: dict, *,
+                  key: jax.Array, env, world_model: model.WorldModel, stats, starts: tuple) -> RolloutVideo:
+    """The real and imagined episode from the first of ``starts`` (arguments as ``evaluate_policy``'s; with the
+    evaluation's key, the real episode is the evaluation's first)."""
     observations = []
-    result = evaluate_policy(config, task, actor_pre, actor_ft, ft_steps, episodes=1, key=key, env=env,
+    result = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, episodes=1, key=key, env=env,
                              world_model=world_model, stats=stats, starts=starts, on_frame=observations.append)
-    spec, params = world_model
-    image_size = config.data.image_size
     obs_key, act_key = episode_keys(key, 0)  # the real episode's keys
-    latent = encode_observation(world_model, stats, observations[0], None, RESET_ACTION, obs_key, 0, image_size)
-    imagined = imagine_episode(params, actor_pre, actor_ft, policy_schedule(config), latent, obs_key, act_key,
-                               spec=spec, settings=sampler_settings(config, ft_steps),
-                               act_steps=config.policy.act_steps, max_steps=config.eval.max_steps)
-    real = np.stack([resize_area(np.asarray(obs[CAMERA]), image_size) for obs in observations])
+    latent = encode_observation(world_model, stats, observations[0], None, RESET_ACTION, obs_key, 0, spec.image_size)
+    imagined = imagine_episode(world_model.params, actor_pre, actor_ft, schedule, latent, obs_key, act_key,
+                               spec=world_model.spec, settings=spec.sampler, act_steps=spec.act_steps,
+                               max_steps=spec.max_steps)
+    real = np.stack([resize_area(np.asarray(obs[CAMERA]), spec.image_size) for obs in observations])
     return RolloutVideo(real=real, imagined=np.asarray(imagined), sim_steps=result["sim_steps"])
 
 
@@ -111,16 +105,16 @@ def write_gif(path: str, frames: np.ndarray, fps: int = FPS) -> None:
                                                 duration=round(1000 / fps), loop=0))
 
 
-def write_task_videos(config, task: str, policies: dict[str, tuple[dict, dict]], ft_steps: int, logger: MetricLogger,
-                      **evaluation) -> int:
+def write_task_videos(spec: EvalSpec, schedule: DDPMSchedule, task: str, policies: dict[str, tuple[dict, dict]],
+                      logger: MetricLogger, directory: str, **evaluation) -> int:
     """Each policy's (``name -> (actor_pre, actor_ft)``) video from the task's first evaluation start, to TensorBoard
-    (tag ``video/<task>/<name>``) and ``<workdir>/videos/<task>_<name>.gif``; returns the simulator steps used.
-    ``evaluation``: env, world_model, stats, starts as for ``rollout_video``."""
+    (tag ``video/<task>/<name>``) and ``<directory>/<task>_<name>.gif``; returns the simulator steps used.
+    ``evaluation``: key, env, world_model, stats, starts as for ``rollout_video``."""
     sim_steps = 0
     for name, (actor_pre, actor_ft) in policies.items():
-        video = rollout_video(config, task, actor_pre, actor_ft, ft_steps, **evaluation)
+        video = rollout_video(spec, schedule, task, actor_pre, actor_ft, **evaluation)
         frames = video.frames()
         logger.video(0, f"video/{task}/{name}", frames, fps=FPS)
-        write_gif(os.path.join(config.derived.workdir, VIDEO_DIR, f"{task}_{name}.gif"), frames)
+        write_gif(os.path.join(directory, f"{task}_{name}.gif"), frames)
         sim_steps += video.sim_steps
     return sim_steps

@@ -3,28 +3,29 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from diwa_jax.policy.bc import (
     BCBatch,
+    BCSpec,
     bc_epoch_learning_rate,
     bc_learning_rate,
     bc_loss,
     create_bc_state,
     make_bc_update,
 )
+from diwa_jax.policy.denoiser import DenoiserSpec
 from diwa_jax.policy.schedule import make_schedule
 
 COND = 8
 
 
 def policy_cfg(**overrides):
-    cfg = dict(horizon=4, action_dim=7, time_dim=8, mlp_dim=32, lr=1e-4, min_lr=1e-5, weight_decay=1e-6,
-               warmup_epochs=100, cosine_epochs=10_000, ema_decay=0.995, ema_every=10, ema_start=20)
+    cfg = dict(lr=1e-4, min_lr=1e-5, weight_decay=1e-6, warmup_epochs=100, cosine_epochs=10_000, ema_decay=0.995,
+               ema_every=10, ema_start=20)
     cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    return BCSpec(denoiser=DenoiserSpec(horizon=4, action_dim=7, time_dim=8, mlp_dim=32), **cfg)
 
 
 def toy_batch(n=32):

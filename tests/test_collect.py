@@ -7,7 +7,8 @@ import pytest
 
 from diwa_jax import config as configlib
 from diwa_jax.data import calvin_format as cf
-from diwa_jax.data import collect
+from diwa_jax.data import collect as segments
+from diwa_jax.stages import collect
 from diwa_jax.envs.oracle import TASKS, success_all_np
 
 
@@ -59,7 +60,7 @@ def test_killed_collection_resumes_to_identical_data(collected):
     job = collect.plan(cfg)["training"][1]
     before = cf.CalvinSplit(job.split_dir).load_frame(job.first_id + 50)
     # emulate a worker killed mid-segment: its record and some frames are gone
-    collect._record_path(job).unlink()
+    segments.record_path(job).unlink()
     for fid in range(job.first_id + 40, job.first_id + job.n_frames):
         (Path(job.split_dir) / cf.frame_filename(fid)).unlink()
     collect.collect(cfg)

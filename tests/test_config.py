@@ -45,6 +45,9 @@ def test_data_path_disables_collection(tmp_path):
     ("collect.failure_prob", 1.5, "config.collect.failure_prob: must be in [0, 1]"),
     ("policy.ft_denoising_steps", 30, "config.policy.ft_denoising_steps: must be <= config.policy.denoising_steps"),
     ("ppo.episode_len", 70, "config.ppo.episode_len: must be a multiple"),
+    ("policy.cosine_epochs", 1, "config.policy.cosine_epochs: must exceed config.policy.warmup_epochs"),
+    ("ppo.logprob_reduce", "max", "config.ppo.logprob_reduce: must be one of"),
+    ("wm.classes", 300, "config.wm.classes: must be <= 256"),
 ])
 def test_bad_values_name_the_key(key, value, fragment, tmp_path):
     c = get_config("quick")

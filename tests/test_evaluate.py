@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diwa_jax import config as configlib
-from diwa_jax import evaluate
+from diwa_jax import artifacts, evaluate, specs
 from diwa_jax.data import calvin_format as cf
 from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import build_dataset_cache, compute_norm_stats, load_cache
@@ -39,7 +39,7 @@ def test_wm_observation_equals_the_cached_frame_and_start_states(config, tmp_pat
         np.testing.assert_allclose(obs["state"], cache.state[row], rtol=0, atol=1e-6)
         assert obs["proprio"].shape == (18,) and obs["state"].shape == (51,)
 
-    robot, scene = evaluate.start_states(config, "open_drawer", split, cache)  # windows 0-7 and 16-23
+    robot, scene = artifacts.start_states(config, "open_drawer", split, cache)  # windows 0-7 and 16-23
     np.testing.assert_array_equal(robot, cache.robot_obs[[0, 16]])
     np.testing.assert_array_equal(scene, [split.load_frame(f, keys=("scene_obs",))["scene_obs"] for f in (0, 16)])
 
@@ -134,12 +134,13 @@ def test_random_policy_in_the_playtable(config):
     robot = np.stack([o["robot_obs"] for o in resets])
     scene = np.stack([o["scene_obs"] for o in resets])
     stats = compute_norm_stats(robot + np.linspace(-0.1, 0.1, 3)[:, None], scene, rot6d=True, source="test")
-    spec = model.as_spec(config.wm)
-    world_model = (spec, model.init_params(jax.random.key(0), spec))
-    actor = init_denoiser(jax.random.key(1), config.policy, spec.feature_dim)
+    spec = specs.world_model_spec(config)
+    world_model = model.WorldModel(params=model.init_params(jax.random.key(0), spec), spec=spec)
+    actor = init_denoiser(jax.random.key(1), specs.denoiser_spec(config), spec.feature_dim)
+    schedule = specs.policy_schedule(config)
     kwargs = dict(episodes=2, key=jax.random.key(2), env=env, world_model=world_model, stats=stats,
                   starts=(robot, scene))
-    result = evaluate.evaluate_policy(config, "open_drawer", actor, actor, config.policy.ft_denoising_steps, **kwargs)
+    result = evaluate.evaluate_policy(specs.eval_spec(config), "open_drawer", schedule, actor, actor, **kwargs)
     assert result["episodes"] == 2
     assert 2 <= result["sim_steps"] <= 2 * config.eval.max_steps
     if result["successes"] == 0:  # a random policy almost surely fails: every episode runs to the limit
@@ -148,9 +149,10 @@ def test_random_policy_in_the_playtable(config):
     assert result["mean_steps"] == result["sim_steps"] / 2
 
     compiled = (evaluate.filter_frame._cache_size(), evaluate.sample_action_chunk._cache_size())
-    again = evaluate.evaluate_policy(config, "open_drawer", actor, actor, config.policy.ft_denoising_steps, **kwargs)
+    again = evaluate.evaluate_policy(specs.eval_spec(config), "open_drawer", schedule, actor, actor, **kwargs)
     assert again == result  # same key and start states: the same episodes
     assert (evaluate.filter_frame._cache_size(), evaluate.sample_action_chunk._cache_size()) == compiled
     with pytest.raises(ValueError, match="no start states"):
-        evaluate.evaluate_policy(config, "open_drawer", actor, actor, 3, **{**kwargs, "starts": (robot[:0], scene[:0])})
+        evaluate.evaluate_policy(specs.eval_spec(config), "open_drawer", schedule, actor, actor,
+                                 **{**kwargs, "starts": (robot[:0], scene[:0])})
     env.close()

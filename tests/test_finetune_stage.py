@@ -13,19 +13,18 @@ import jax
 import numpy as np
 import pytest
 
+from diwa_jax import artifacts
 from diwa_jax import config as configlib
-from diwa_jax import pipeline
+from diwa_jax import pipeline, specs
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data.batching import select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.evaluate import start_states
-from diwa_jax.finetune import stage
+from diwa_jax.artifacts import data_split_dir as split_dir
+from diwa_jax.artifacts import load_features, load_policy, start_states
 from diwa_jax.finetune.agent import create_finetune_state
-from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.stages import finetune as stage
 from diwa_jax.training import restore_state
 from diwa_jax.types import Latent
-from diwa_jax.world_model.featurize import load_features
-from diwa_jax.world_model.stage import ensure_cache
 from experiments.calvin import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,14 +74,14 @@ def test_one_command_runs_every_stage_and_writes_the_results(full_run):
 
     # the curve: iteration 0 (pre-trained, evaluated), then every iteration's imagined success, real success at
     # every eval_every-th and the last; the final real success is the evaluate stage's (same starts and key)
-    curve = stage.read_curve(config, TASK)
+    curve = artifacts.read_curve(config, TASK)
     assert [e["iteration"] for e in curve] == list(range(config.ppo.iterations + 1))
     evaluated = [e["iteration"] for e in curve if e["real_success"] is not None]
     assert evaluated == [0, 2, 3]  # tiny: eval_every 2, 3 iterations
     assert all(0.0 <= e["imagined_success"] <= 1.0 and e["imagined_episodes"] > 0 for e in curve[1:])
     assert curve[0]["real_success"] == r["pretrained_success"] and curve[-1]["real_success"] == r["finetuned_success"]
     assert r["imagined_success"] == curve[-1]["imagined_success"]
-    summary = read_json(workdir / "finetune" / TASK / stage.SUMMARY)
+    summary = read_json(workdir / "finetune" / TASK / artifacts.DONE)
     assert summary["start_frames_rendered"] == config.ppo.n_start_states  # the counter saw the resets ...
     assert summary["finetune_sim_steps"] == 0  # ... and no step
     assert summary["eval_sim_steps"] > 0
@@ -99,18 +98,18 @@ def test_one_command_runs_every_stage_and_writes_the_results(full_run):
 def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_run):
     workdir, _ = full_run
     config = tiny(workdir)
-    with np.load(workdir / "finetune" / TASK / stage.START_POOL) as saved:
+    with np.load(workdir / "finetune" / TASK / artifacts.START_POOL) as saved:
         pool, robot, scene = Latent(deter=saved["deter"], stoch=saved["stoch"]), saved["robot_obs"], saved["scene_obs"]
     n = config.ppo.n_start_states
     assert pool.deter.shape == (n, config.wm.deter) and robot.shape == (n, 15) and scene.shape == (n, 24)
     # the task's random starts (slider not yet left), none of them an evaluation start
     np.testing.assert_array_equal(np.stack(stage.simulator_start_states(config, TASK, n)[1]), scene)
-    caches = ensure_cache(config)
+    caches = artifacts.caches(config)
     _, eval_scenes = start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
     assert not any(np.allclose(s, e) for s in scene for e in eval_scenes)
     # re-rendering and encoding the first start reproduces its pool latent: a reset posterior on one frame
-    from diwa_jax.evaluate import make_env
-    from diwa_jax.world_model.stage import load_world_model
+    from diwa_jax.specs import make_env
+    from diwa_jax.artifacts import load_world_model
     env = make_env(config)
     try:
         frame = env.reset(robot_obs=robot[0], scene_obs=scene[0])
@@ -137,10 +136,10 @@ def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_r
 def finetune_state(config):
     """The ``FinetuneState`` in the task's last fine-tuning checkpoint."""
     _, actor_pre = load_policy(config, TASK)
-    with np.load(os.path.join(stage.task_dir(config, TASK), stage.START_POOL)) as saved:
+    with np.load(os.path.join(artifacts.task_dir(config, "finetune", TASK), artifacts.START_POOL)) as saved:
         pool = Latent(deter=saved["deter"], stoch=saved["stoch"])
-    template = create_finetune_state(jax.random.key(0), config, actor_pre, pool)
-    with Checkpointer(os.path.join(stage.task_dir(config, TASK), "checkpoints")) as ck:
+    template = create_finetune_state(specs.finetune_spec(config), jax.random.key(0), actor_pre, pool)
+    with Checkpointer(os.path.join(artifacts.task_dir(config, "finetune", TASK), "checkpoints")) as ck:
         return ck.latest_step(), restore_state(ck, template)
 
 
@@ -170,8 +169,8 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     monkeypatch.setattr(Checkpointer, "save", save)
     # the curve is ahead of the last checkpoint: the rerun must recompute iteration 2, not append it twice
     assert finetune_state(config)[0] == 1
-    assert [e["iteration"] for e in stage.read_curve(config, TASK)] == [0, 1, 2]
-    assert not os.path.exists(os.path.join(stage.task_dir(config, TASK), stage.SUMMARY))
+    assert [e["iteration"] for e in artifacts.read_curve(config, TASK)] == [0, 1, 2]
+    assert not os.path.exists(os.path.join(artifacts.task_dir(config, "finetune", TASK), artifacts.DONE))
     summary = stage.finetune(config)[TASK]
     assert summary["resumed_from"] == 1 and summary["iterations"] == config.ppo.iterations
     assert summary["finetune_sim_steps"] == 0
@@ -180,7 +179,7 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     assert step_a == step_b == config.ppo.iterations
     leaves_a, leaves_b = as_numpy(a), as_numpy(b)
     assert len(leaves_a) == len(leaves_b) and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
-    assert stage.read_curve(config, TASK) == stage.read_curve(tiny(workdir), TASK)
+    assert artifacts.read_curve(config, TASK) == artifacts.read_curve(tiny(workdir), TASK)
 
 
 def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
@@ -199,7 +198,7 @@ def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
     assert jax.device_count() == 8
     (config_1, (step_1, state_1)), (config_all, (step_all, state_all)) = runs[1], runs[0]
     assert step_1 == step_all == config_1.ppo.iterations
-    assert stage.read_curve(config_all, TASK) == stage.read_curve(config_1, TASK)
+    assert artifacts.read_curve(config_all, TASK) == artifacts.read_curve(config_1, TASK)
     for x, y in zip(as_numpy(state_1), as_numpy(state_all)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 

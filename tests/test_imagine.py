@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diwa_jax import specs
 from diwa_jax.finetune.imagine import (FrozenModels, RolloutSpec, imagine_rollout, init_env_state,
                                        rollout_metrics)
 from diwa_jax.policy.denoiser import init_denoiser
@@ -36,16 +37,16 @@ def tiny_models(wm_variant: str = "vision"):
     initialisation to compile."""
     config = tiny_config()
     config.wm.variant = wm_variant
-    spec = wm.as_spec(config.wm)
+    spec = specs.world_model_spec(config)
 
     @jax.jit
     def init(key):
         keys = jax.random.split(key, 4)
-        actor_pre = init_denoiser(keys[1], config.policy, spec.feature_dim)
+        actor_pre = init_denoiser(keys[1], specs.denoiser_spec(config), spec.feature_dim)
         leaves, tree = jax.tree.flatten(actor_pre)
         noise = jax.random.split(keys[3], len(leaves))
         actor_ft = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, noise)])
-        classifier = init_classifier(keys[2], config.reward, spec.feature_dim)
+        classifier = init_classifier(keys[2], specs.reward_spec(config), spec.feature_dim)
         # centre the class margin on latent-like features (tanh deter, one-hot stoch) so about half fire
         deter_key, stoch_key = jax.random.split(keys[2])
         probe = Latent(deter=jnp.tanh(jax.random.normal(deter_key, (256, spec.deter))),
@@ -137,7 +138,7 @@ def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
                          ids=["binary", "probability-binarized"])
 def test_scan_equals_unrolled_reference(options):
     models, actor_ft, pool = tiny_models()
-    spec = RolloutSpec.from_config(tiny_config(**options))
+    spec = specs.rollout_spec(tiny_config(**options))
     env = init_env_state(pool, 4, jax.random.key(1))
     # two consecutive rollouts: the second starts mid-episode (carried counters, returns, firsts)
     for key in jax.random.split(jax.random.key(2), 2):
@@ -163,7 +164,7 @@ def test_scan_equals_unrolled_reference(options):
 
 def test_no_host_transfer_inside_the_compiled_rollout():
     models, actor_ft, pool = tiny_models()
-    spec = RolloutSpec.from_config(tiny_config())
+    spec = specs.rollout_spec(tiny_config())
     env = init_env_state(pool, 4, jax.random.key(1))
     key = jax.random.key(3)
     metrics_fn = jax.jit(rollout_metrics)
@@ -184,7 +185,7 @@ def _in_pool(features, pool):
 
 def test_always_firing_classifier_terminates_and_resets_every_chunk():
     models, actor_ft, pool = tiny_models()
-    spec = RolloutSpec.from_config(tiny_config())
+    spec = specs.rollout_spec(tiny_config())
     env = init_env_state(pool, 4, jax.random.key(1))
     rollout, env = imagine_rollout(with_constant_classifier(models, True), actor_ft, env, pool, jax.random.key(4),
                                    spec=spec)
@@ -203,7 +204,7 @@ def test_always_firing_classifier_terminates_and_resets_every_chunk():
 def test_never_firing_classifier_truncates_at_episode_len_across_rollouts():
     models, actor_ft, pool = tiny_models()
     models = with_constant_classifier(models, False)
-    spec = RolloutSpec.from_config(tiny_config())  # 3 chunk steps per rollout, episodes of 2 chunks (8 WM steps)
+    spec = specs.rollout_spec(tiny_config())  # 3 chunk steps per rollout, episodes of 2 chunks (8 WM steps)
     env = init_env_state(pool, 4, jax.random.key(1))
     first_half, env = imagine_rollout(models, actor_ft, env, pool, jax.random.key(5), spec=spec)
     np.testing.assert_array_equal(env.wm_steps, 4)  # one chunk into the second episode
@@ -223,3 +224,19 @@ def test_never_firing_classifier_truncates_at_episode_len_across_rollouts():
     metrics = jax.device_get(rollout_metrics(second_half))
     # truncations at t = 0 and t = 2
     assert (metrics["success_rate"], metrics["episode_return"], metrics["episodes"]) == (0.0, 0.0, 8.0)
+
+
+@pytest.mark.parametrize("rot6d", [True, False])
+def test_imagination_uses_the_world_model_spec_the_stages_train_and_restore(rot6d, tmp_path):
+    """One WorldModelSpec per config: the one the world_model stage trains (and artifacts restores) is the one the
+    imagined rollout and the PPO iteration are compiled for, input sizes included (without rot6d: 15-D proprio,
+    39-D state)."""
+    from diwa_jax import config as configlib
+    config = tiny_config()
+    config.data.rot6d = rot6d
+    config = configlib.finalize(config, str(tmp_path))
+    trained = specs.world_model_spec(config)
+    assert (trained.proprio_dim, trained.state_dim) == (config.derived.proprio_dim, config.derived.state_dim)
+    assert trained.proprio_dim == (18 if rot6d else 15) and trained.state_dim == (51 if rot6d else 39)
+    assert specs.rollout_spec(config).wm == trained
+    assert specs.finetune_spec(config).rollout.wm == trained

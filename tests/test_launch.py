@@ -45,17 +45,8 @@ def test_resolved_config_saved_with_overrides(tmp_path):
     assert saved["derived"]["workdir"] == str(tmp_path / "w")
 
 
-def test_every_stage_is_built_and_an_unbuilt_one_would_stop_the_run(tmp_path, monkeypatch):
-    # every stage has a runner that imports to a function (the full tiny run: tests/test_finetune_stage.py)
+def test_every_stage_runs_a_stage_runner_and_owns_a_workdir_folder():
+    from diwa_jax import artifacts
+    assert pipeline.STAGE_NAMES == artifacts.STAGES  # the layout's stage folders, in pipeline order
     for stage in pipeline.STAGES:
-        assert stage.runner is not None and callable(stage.load()), stage.name
-    # the guard stays: a stage without a runner stops the run before writing its marker
-    from diwa_jax import config as configlib
-    from experiments.calvin import get_config
-    config = configlib.finalize(get_config("tiny"), str(tmp_path / "w"))
-    unbuilt = pipeline.Stage("unbuilt", "a stage still to come", ("seed",), (), None, 99)
-    monkeypatch.setattr(pipeline, "STAGES", (unbuilt,))
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", ("unbuilt",))
-    with pytest.raises(pipeline.NotBuiltYet, match="stage 'unbuilt'.*not built yet \\(issue #99\\)"):
-        pipeline.run(config)
-    assert not (tmp_path / "w" / "unbuilt" / pipeline.MARKER).exists()
+        assert callable(stage.runner) and stage.runner.__module__ == f"diwa_jax.stages.{stage.name}", stage.name

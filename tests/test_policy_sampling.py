@@ -3,16 +3,16 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from diwa_jax.policy.denoiser import cond_projection, denoise_eps, denoise_eps_from_projection, init_denoiser
+from diwa_jax.policy.denoiser import (DenoiserSpec, cond_projection, denoise_eps, denoise_eps_from_projection,
+                                      init_denoiser)
 from diwa_jax.policy.sampling import bc_chain_logprob_loss, chain_logprob, sample_chain
 from diwa_jax.policy.schedule import make_schedule
 
 TA, A, COND, K, K_FT = 4, 7, 6, 20, 10
-CFG = ml_collections.ConfigDict(dict(horizon=TA, action_dim=A, time_dim=8, mlp_dim=16))
+CFG = DenoiserSpec(horizon=TA, action_dim=A, time_dim=8, mlp_dim=16)
 SCHEDULE = make_schedule(K)
 COMMON = dict(chunk_shape=(TA, A), ft_steps=K_FT, denoised_clip=1.0)
 SAMPLER_STATIC = ("chunk_shape", "ft_steps", "min_std", "randn_clip", "denoised_clip", "deterministic")

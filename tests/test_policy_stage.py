@@ -8,13 +8,13 @@ import jax
 import numpy as np
 import pytest
 
+from diwa_jax import artifacts, specs
 from diwa_jax import config as configlib
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data import calvin_format as cf
-from diwa_jax.policy import stage
+from diwa_jax.stages import policy as stage
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.world_model.featurize import Features
-from diwa_jax.world_model.stage import ensure_cache
 
 TRAIN_SEGMENTS = [[0, 63], [64, 127]]  # frame ids = cache rows; 16-frame windows, tasks in turn
 VAL_SEGMENTS = [[128, 191]]
@@ -42,7 +42,7 @@ def make_dataset(root):
         cf.write_synthetic_split(root / "data" / split, segments, tasks=TASKS, window=16, static_size=64,
                                  gripper_size=64, seed=seed)
     config = make_config(root, root / "run")
-    caches = ensure_cache(config)
+    caches = artifacts.caches(config)
     rng = np.random.default_rng(7)
     wm = config.wm
     features = {split: Features(deter=rng.normal(size=(len(cache), wm.deter)).astype(np.float32),
@@ -100,7 +100,7 @@ def test_epoch_batches_cover_every_sample_and_depend_only_on_the_step():
 
 
 def _restored_state(config, task):
-    abstract = jax.eval_shape(lambda k: init_denoiser(k, config.policy, config.derived.latent_dim), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: init_denoiser(k, specs.denoiser_spec(config), config.derived.latent_dim), jax.random.key(0))
     with Checkpointer(os.path.join(config.derived.workdir, "policy", task, "checkpoints")) as ck:
         return ck.latest_step(), ck.restore({"params": abstract, "ema_params": abstract})
 
@@ -147,14 +147,14 @@ def test_killed_and_resumed_policy_training_equals_uninterrupted(dataset, monkey
     for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    schedule, ema = stage.load_policy(killed, "open_drawer")
+    schedule, ema = artifacts.load_policy(killed, "open_drawer")
     assert schedule.num_steps == killed.policy.denoising_steps
     for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state_full["ema_params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # EMA is what later stages get; after epoch 1 (ema_start = 1) it differs from the raw weights.
     assert any(not np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state_full["params"])))
-    with open(os.path.join(killed.derived.workdir, "policy", "open_drawer", "summary.json")) as f:
+    with open(os.path.join(killed.derived.workdir, "policy", "open_drawer", artifacts.DONE)) as f:
         assert json.load(f) == {k: v for k, v in summary.items() if k != "windows"}
     with pytest.raises(FileNotFoundError, match="run the 'policy' stage"):
-        stage.load_policy(killed, "close_drawer")
+        artifacts.load_policy(killed, "close_drawer")

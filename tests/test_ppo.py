@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diwa_jax import specs
 from diwa_jax.finetune import ppo
 from experiments.calvin import get_config
 
@@ -142,9 +143,9 @@ def test_value_bc_and_total_loss():
 
 def test_logprob_options_from_config():
     config = get_config("tiny").ppo
-    assert ppo.logprob_options(config) == dict(logprob_clamp=(-5.0, 2.0), logprob_reduce="mean")
+    assert specs.logprob_options(config) == dict(logprob_clamp=(-5.0, 2.0), logprob_reduce="mean")
     config.clamp_logprob = False
-    assert ppo.logprob_options(config)["logprob_clamp"] is None
+    assert specs.logprob_options(config)["logprob_clamp"] is None
 
 
 def test_minibatch_indices():

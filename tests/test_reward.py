@@ -3,11 +3,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from diwa_jax.reward.classifier import classifier_logits, reward_from_logits
+from diwa_jax.reward.classifier import RewardSpec, classifier_logits, reward_from_logits
 from diwa_jax.reward.losses import cross_entropy, precision_recall, supcon_ntxent
 from diwa_jax.reward.train import (
     RewardBatch,
@@ -92,7 +91,7 @@ def test_balancing_counts_and_quirk():
 
 
 def test_classifier_learns_separable_toy_problem():
-    cfg = ml_collections.ConfigDict(dict(embed_hidden=32, embed_dim=16, head_hidden=32, tau=0.5, ce_weight=0.5, lr=1e-3))
+    cfg = RewardSpec(embed_hidden=32, embed_dim=16, head_hidden=32, tau=0.5, ce_weight=0.5, lr=1e-3)
     rng = np.random.default_rng(0)
     direction = rng.normal(size=24)
     direction /= np.linalg.norm(direction)

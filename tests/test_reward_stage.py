@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from diwa_jax.data import calvin_format as cf
-from diwa_jax.reward import stage
+from diwa_jax import artifacts, specs
+from diwa_jax.stages import reward as stage
 from diwa_jax.reward.classifier import classifier_logits
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
@@ -23,8 +24,8 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("reward_data")
     caches, features = make_dataset(root)
     config = make_config(root, root / "run")
-    spec = model.as_spec(config.wm)
-    return root, caches, features, (spec, model.init_params(jax.random.key(0), spec))
+    spec = specs.world_model_spec(config)
+    return root, caches, features, model.WorldModel(params=model.init_params(jax.random.key(0), spec), spec=spec)
 
 
 def test_labels_are_the_oracle_relative_to_the_window_start(dataset):
@@ -40,7 +41,8 @@ def test_labels_are_the_oracle_relative_to_the_window_start(dataset):
 
 
 def test_imagined_latents_equal_a_step_by_step_prior_replay(dataset):
-    _, caches, features, (spec, params) = dataset
+    _, caches, features, world_model = dataset
+    spec, params = world_model.spec, world_model.params
     cache, feats = caches["training"], features["training"]
     windows = np.array([[3, 10], [40, 44]])  # 8 and 5 frames: the second one is padded
     actions = stage.window_actions(cache.rel_actions, windows)
@@ -82,9 +84,9 @@ def test_training_set_pairs_latents_with_their_frame_labels(dataset):
         match = np.flatnonzero((pool == feature).all(axis=1))
         assert len(match) == 1 and row_labels[match[0]] == label
     # every imagined sample is one of the window's imagined latents with the label of the matching real frame
-    imagined = np.asarray(stage.imagined_features(world_model[1], feats.latent(windows[:, 0]),
+    imagined = np.asarray(stage.imagined_features(world_model.params, feats.latent(windows[:, 0]),
                                                   stage.window_actions(cache.rel_actions, windows),
-                                                  jax.random.key(0), spec=world_model[0]))
+                                                  jax.random.key(0), spec=world_model.spec))
     pool = np.concatenate([imagined[w, :len(lab) - 1] for w, lab in enumerate(labels)])
     pool_labels = np.concatenate([lab[1:] for lab in labels])
     for feature, label in zip(train["features"][expect_real:], train["labels"][expect_real:]):
@@ -99,7 +101,7 @@ def test_train_rewards_reports_the_saved_classifiers_precision_recall(dataset, m
     config = make_config(root, tmp_path / "run", **{"reward.epochs": 3, "reward.eval_every": 1})
     summary = stage.train_rewards(config)
     metrics = summary["open_drawer"]
-    with open(os.path.join(config.derived.workdir, "reward", "open_drawer", "metrics.json")) as f:
+    with open(os.path.join(config.derived.workdir, "reward", "open_drawer", artifacts.DONE)) as f:
         assert json.load(f) == metrics
 
     # independent computation of the validation numbers from the saved weights
@@ -109,7 +111,7 @@ def test_train_rewards_reports_the_saved_classifiers_precision_recall(dataset, m
     scene = np.asarray(caches["validation"].scene_obs)
     labels = np.concatenate([scene[np.arange(s, e + 1) - 128, DRAWER] - scene[s - 128, DRAWER] > 0.12
                              for s, e in val_windows])
-    params = stage.load_reward(config, "open_drawer")
+    params = artifacts.load_reward(config, "open_drawer")
     pred = np.argmax(np.asarray(classifier_logits(params, features["validation"].feature(val_rows))), axis=-1) == 1
     true_pos = np.sum(pred & labels)
     assert metrics["val_frames"] == len(labels) == 32 and metrics["val_positives"] == labels.sum()

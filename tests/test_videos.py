@@ -14,12 +14,12 @@ from PIL import Image
 from tensorboardX.proto import event_pb2
 
 from diwa_jax import config as configlib
-from diwa_jax import evaluate, pipeline, videos
+from diwa_jax import artifacts, evaluate, pipeline, specs, videos
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.finetune.stage import load_finetuned_actor
-from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.artifacts import caches as ensure_cache
+from diwa_jax.artifacts import data_split_dir as split_dir
+from diwa_jax.artifacts import load_finetuned_actor, load_policy, load_world_model
 from diwa_jax.world_model import model
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
 from experiments.calvin import get_config
 
 TASK = "move_slider_left"  # the tiny preset's one task
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     config = configlib.finalize(c, str(tmp_path_factory.mktemp("videos") / "run"))
     pipeline.run(config)
     caches = ensure_cache(config)
-    starts = evaluate.start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
+    starts = artifacts.start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
     _, actor_pre = load_policy(config, TASK)
     evaluation = dict(world_model=load_world_model(config), stats=caches["training"].stats, starts=starts)
     return config, actor_pre, load_finetuned_actor(config, TASK), evaluation
@@ -41,15 +41,16 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(run):
-    env = evaluate.make_env(run[0])
+    env = specs.make_env(run[0])
     yield env
     env.close()
 
 
 def video(run, env, actor_pre, actor_ft, **kwargs):
     config, _, _, evaluation = run
-    return videos.rollout_video(config, TASK, actor_pre, actor_ft, config.policy.ft_denoising_steps, env=env,
-                                **evaluation, **kwargs)
+    kwargs = {"key": configlib.stage_key(config, f"evaluate/{TASK}"), **kwargs}
+    return videos.rollout_video(specs.eval_spec(config), specs.policy_schedule(config), TASK, actor_pre, actor_ft,
+                                env=env, **evaluation, **kwargs)
 
 
 class RecordingEnv:
@@ -94,8 +95,9 @@ def test_real_half_is_the_evaluation_episode_and_the_imagined_half_covers_max_st
 
     # a plain evaluation (no callback) of the first start with the evaluation key sees the same frames
     recorder = RecordingEnv(env)
-    plain = evaluate.evaluate_policy(config, TASK, actor_pre, actor_ft, config.policy.ft_denoising_steps, episodes=1,
-                                     env=recorder, **evaluation)
+    plain = evaluate.evaluate_policy(specs.eval_spec(config), TASK, specs.policy_schedule(config), actor_pre, actor_ft,
+                                     episodes=1, key=configlib.stage_key(config, f"evaluate/{TASK}"), env=recorder,
+                                     **evaluation)
     assert plain["sim_steps"] == v.sim_steps and len(recorder.observations) == len(v.real)
     seen = [evaluate.wm_observation(obs, evaluation["stats"], size)["rgb_static"] for obs in recorder.observations]
     np.testing.assert_array_equal(np.stack(seen), v.real)
@@ -104,7 +106,7 @@ def test_real_half_is_the_evaluation_episode_and_the_imagined_half_covers_max_st
 def test_imagined_half_starts_from_the_evaluation_latent_is_deterministic_and_follows_the_policy(
         run, env, monkeypatch):
     config, actor_pre, actor_ft, evaluation = run
-    spec, params = evaluation["world_model"]
+    spec, params = evaluation["world_model"].spec, evaluation["world_model"].params
     first_latents = []
     filter_frame = evaluate.filter_frame
 
@@ -159,7 +161,7 @@ def test_evaluate_stage_writes_gifs_and_tensorboard_videos_and_counts_their_step
     size = config.data.image_size
     for name, v in expected.items():
         frames = v.frames()
-        with Image.open(os.path.join(workdir, videos.VIDEO_DIR, f"{TASK}_{name}.gif")) as gif:
+        with Image.open(os.path.join(workdir, artifacts.VIDEO_DIR, f"{TASK}_{name}.gif")) as gif:
             assert gif.size == (2 * size, size) and gif.is_animated
             # PIL merges a frame equal to the one before into it: count the changes, and the time they cover
             changes = 1 + sum(not np.array_equal(a, b) for a, b in zip(frames[:-1], frames[1:]))

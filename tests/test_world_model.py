@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diwa_jax import specs
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model as wm
 from diwa_jax.world_model.rssm import balanced_kl_loss, sample_onehot
@@ -18,9 +19,9 @@ B, T = 2, 5
 
 @functools.lru_cache(maxsize=None)
 def tiny_spec(variant: str = "vision") -> wm.WorldModelSpec:
-    cfg = get_config("tiny").wm
-    cfg.variant = variant
-    return wm.as_spec(cfg)
+    config = get_config("tiny")
+    config.wm.variant = variant
+    return specs.world_model_spec(config)
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,7 +104,7 @@ def test_shapes_and_loss_every_variant(variant):
 
 def test_paper_sizes_match_spec():
     """Parameter shapes at paper size (spec 2.1), without computing anything."""
-    spec = wm.as_spec(get_config().wm)
+    spec = specs.world_model_spec(get_config())
     shapes = jax.eval_shape(lambda k: wm.init_params(k, spec), jax.random.key(0))
     enc, rssm, dec = shapes["encoder"], shapes["rssm"], shapes["decoder"]
     tower = enc["rgb_static_tower"]
@@ -241,7 +242,7 @@ def test_observe_scan_equals_obs_step_loop():
     batch["reset"][1, 3] = True  # a reset in the middle of one stream
     init = random_latent(spec, B, seed=5)
     key = jax.random.key(7)
-    posts, prior_logits, post_logits = jax.jit(functools.partial(wm.observe, cfg=spec))(
+    posts, prior_logits, post_logits = jax.jit(functools.partial(wm.observe, spec=spec))(
         params, obs_seq=batch, prev_actions=batch["prev_action"], resets=batch["reset"], init_latent=init, key=key)
 
     @jax.jit
@@ -263,8 +264,8 @@ def test_imagine_scan_equals_img_step_loop():
     start = random_latent(spec, B, seed=3)
     actions = jnp.asarray(random_batch()["prev_action"])
     key = jax.random.key(11)
-    imagined = jax.jit(functools.partial(wm.imagine, cfg=spec))(params, latent=start, actions=actions, key=key)
-    step = jax.jit(functools.partial(wm.img_step, cfg=spec))
+    imagined = jax.jit(functools.partial(wm.imagine, spec=spec))(params, latent=start, actions=actions, key=key)
+    step = jax.jit(functools.partial(wm.img_step, spec=spec))
     latent = start
     for t, step_key in enumerate(jax.random.split(key, T)):
         latent = step(params, latent=latent, action=actions[:, t], key=step_key)
@@ -280,7 +281,7 @@ def test_reset_zeros_the_state():
     old = random_latent(spec, B, seed=1)
     action = jnp.asarray(random_batch()["prev_action"][:, 0])
     embed = jnp.asarray(np.random.default_rng(2).normal(size=(B, spec.embed_dim)), jnp.float32)
-    step = jax.jit(functools.partial(wm.obs_step, cfg=spec))
+    step = jax.jit(functools.partial(wm.obs_step, spec=spec))
     key = jax.random.key(4)
     reset_out = step(params, latent=old, prev_action=action, embed=embed, reset=jnp.array([True, False]), key=key)
     fresh_out = step(params, latent=wm.initial_latent(B, spec), prev_action=action, embed=embed,

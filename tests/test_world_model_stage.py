@@ -7,10 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
+from diwa_jax import artifacts
 from diwa_jax import config as configlib
 from diwa_jax import pipeline
-from diwa_jax.world_model import featurize as featurize_mod
-from diwa_jax.world_model import stage as wm_stage
+from diwa_jax.stages import featurize as featurize_mod
+from diwa_jax.stages import world_model as wm_stage
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_world_model_stage_outputs(trained):
     with open(pipeline.stage_dir(cfg, "world_model") + "/openloop.json") as f:
         report = json.load(f)
     assert report["horizon"] == cfg.wm.openloop_horizon and np.isfinite(report["image_mse"])
-    spec, params = wm_stage.load_world_model(cfg)
+    spec = artifacts.load_world_model(cfg).spec
     assert spec.deter == cfg.wm.deter
     with open(pipeline.stage_dir(cfg, "world_model") + "/metrics.jsonl") as f:
         losses = [m for m in map(json.loads, f) if "world_model/loss" in m]
@@ -52,11 +53,12 @@ def test_state_variant_reports_decoded_scene(trained, tmp_path):
 
 def test_featurize_covers_every_frame_and_resumes(trained, monkeypatch):
     cfg = trained
-    caches = wm_stage.ensure_cache(cfg)
-    spec, params = wm_stage.load_world_model(cfg)
+    caches = artifacts.caches(cfg)
+    world_model = artifacts.load_world_model(cfg)
+    spec, params = world_model.spec, world_model.params
     key = configlib.stage_key(cfg, "featurize")
     featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
-    straight = featurize_mod.load_features(cfg, "training")
+    straight = artifacts.load_features(cfg, "training")
     assert len(straight) == len(caches["training"])
     assert np.all(np.abs(np.asarray(straight.deter)).sum(axis=1) > 0), "a frame has no latent"
     feats = straight.feature(np.arange(5))
@@ -80,9 +82,9 @@ def test_featurize_covers_every_frame_and_resumes(trained, monkeypatch):
     resumed_calls = []
     monkeypatch.setattr(featurize_mod, "model_inputs", lambda *a, **k: resumed_calls.append(1) or real_inputs(*a, **k))
     featurize_mod.featurize_split(cfg, spec, params, caches["training"], "training", key)
-    total = json.loads((featurize_mod._split_dir(cfg, "training") / featurize_mod.COMPLETE).read_text())["chunks"]
+    total = json.loads((artifacts.features_dir(cfg, "training") / artifacts.DONE).read_text())["chunks"]
     assert len(resumed_calls) == total - 2, "finished chunks were redone"
-    resumed = featurize_mod.load_features(cfg, "training")
+    resumed = artifacts.load_features(cfg, "training")
     np.testing.assert_array_equal(np.asarray(resumed.deter), expected[0])
     np.testing.assert_array_equal(np.asarray(resumed.stoch), expected[1])
 

@@ -5,6 +5,9 @@ would have drawn without the interruption.
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
@@ -121,3 +124,26 @@ def expert_chunks(windows: np.ndarray, rel_actions: np.ndarray, horizon: int) ->
     starts = np.concatenate([np.arange(s, e - horizon + 2, dtype=np.int64) for s, e in windows] or [np.zeros(0, np.int64)])
     chunks = np.asarray(rel_actions[(starts[:, None] + np.arange(horizon)).reshape(-1)], np.float32)
     return starts, chunks.reshape(len(starts), horizon, rel_actions.shape[-1])
+
+
+def expert_windows(split: CalvinSplit, cache: Cache, task: str, n_windows: int, seed: int) -> np.ndarray:
+    """``(W, 2)`` inclusive cache-row windows: ``n_windows`` of the task's annotated windows drawn with ``seed``."""
+    windows = task_windows(split, cache, task)
+    if len(windows) == 0:
+        raise DataError(f"{split.dir}: no annotation windows of task '{task}'; collect more data or remove the "
+                        "task from config.tasks")
+    return select_windows(windows, n_windows, seed)
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_samples / batch_size))
+
+
+def epoch_batch_rows(n_samples: int, batch_size: int, seed: Sequence[int], step: int) -> np.ndarray:
+    """Sample indices of gradient step ``step``: each epoch is a fresh permutation drawn from (seed, epoch),
+    cut into ``ceil(n / batch_size)`` batches of exactly ``batch_size`` (the last one, and every batch when
+    ``n < batch_size``, continue cyclically from the permutation's start), so the update compiles once."""
+    per_epoch = steps_per_epoch(n_samples, batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([*seed, epoch]).permutation(n_samples)
+    return np.resize(order, per_epoch * batch_size)[k * batch_size:(k + 1) * batch_size]

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from diwa_jax.atomic import atomic_write
+from diwa_jax.errors import DataError
 
 FRAME_PREFIX = "episode_"
 FRAME_DIGITS = 7
@@ -54,10 +55,6 @@ VECTOR_LABELS = {
 }
 
 _FRAME_NAME = re.compile(r"^(?P<prefix>.*?)(?P<counter>\d+)\.npz$")
-
-
-class DataError(Exception):
-    """A data file is missing, truncated, corrupt or inconsistent; the message names it and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -68,6 +68,17 @@ def euler_to_rot6d(euler: np.ndarray) -> np.ndarray:
     return np.concatenate([m[..., :, 0], m[..., :, 1]], axis=-1)
 
 
+def proprio_dim(rot6d: bool) -> int:
+    """Width of ``robot_obs_to_proprio``'s output: tcp pos 3, orientation (rot6d 6 | euler 3), width, 7 joints,
+    gripper."""
+    return 18 if rot6d else 15
+
+
+def scene_state_dim(rot6d: bool) -> int:
+    """Width of ``scene_obs_to_state``'s output: 6 scalars + 3 blocks x (pos 3 + orientation)."""
+    return 33 if rot6d else 24
+
+
 def robot_obs_to_proprio(robot_obs: np.ndarray, rot6d: bool = True) -> np.ndarray:
     """(..., 15) robot_obs -> (..., 18) [tcp pos 3, tcp rot6d 6, width 1, joints 7, gripper 1] (15 unchanged without rot6d)."""
     robot_obs = np.asarray(robot_obs, np.float64)
@@ -379,6 +390,12 @@ class Cache:
         if np.any(bad):
             raise DataError(f"{self.path}: frame ids {frame_ids[bad][:5].tolist()} are not in this split's segments")
         return rows
+
+
+def ensure_cache(root: str | os.PathLike, cache_dir: str | os.PathLike,
+                 splits: Sequence[str] = ("training", "validation"), **kwargs) -> dict[str, Cache]:
+    """The open caches of the splits of a CALVIN root, built (or resumed) first where unfinished."""
+    return {name: load_cache(path) for name, path in build_dataset_cache(root, cache_dir, splits, **kwargs).items()}
 
 
 def load_cache(cache_split_dir: str | os.PathLike) -> Cache:

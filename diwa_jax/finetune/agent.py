@@ -84,18 +84,6 @@ class FinetuneSpec:
             raise ValueError(f"config.ppo.minibatch_mode={self.minibatch_mode!r}: choose one of "
                              f"{', '.join(MINIBATCH_MODES)}")
 
-    @classmethod
-    def from_config(cls, config) -> "FinetuneSpec":
-        p = config.ppo
-        return cls(
-            rollout=RolloutSpec.from_config(config), n_envs=p.n_envs, update_epochs=p.update_epochs,
-            batch_size=p.batch_size, minibatch_mode=p.minibatch_mode, gamma=p.gamma, gae_lambda=p.gae_lambda,
-            gamma_denoising=p.gamma_denoising, clip=p.clip, clip_base=p.clip_base, clip_rate=p.clip_rate,
-            vf_coef=p.vf_coef, target_kl=p.target_kl, norm_adv=p.norm_adv, max_grad_norm=p.max_grad_norm,
-            actor_lr=p.actor_lr, critic_lr=p.critic_lr, critic_warmup=p.critic_warmup, critic_dim=p.critic_dim,
-            reward_scaling=p.reward_scaling, reward_scale_gamma=p.reward_scale_gamma,
-            reward_scale_clip=p.reward_scale_clip, alpha_bc=p.alpha_bc, **ppo.logprob_options(p))
-
     def optimizers(self) -> tuple[optax.GradientTransformationExtraArgs, optax.GradientTransformation]:
         return (actor_optimizer(self.actor_lr, self.max_grad_norm, self.critic_warmup),
                 critic_optimizer(self.critic_lr))
@@ -112,14 +100,10 @@ class PPOBatch:
     returns: jnp.ndarray  # (B,)
 
 
-def create_finetune_state(key: jax.Array, config, actor_pre: dict, start_pool: Latent) -> FinetuneState:
-    """Iteration 0: the fine-tuned actor a copy of ``actor_pre``, a random critic, fresh optimisers and reward
-    scaler, ``config.ppo.n_envs`` episodes started from ``start_pool``."""
-    return _create_finetune_state(FinetuneSpec.from_config(config), key, actor_pre, start_pool)
-
-
 @functools.partial(jax.jit, static_argnums=0)  # one compiled program instead of many eager ops
-def _create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, start_pool: Latent) -> FinetuneState:
+def create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, start_pool: Latent) -> FinetuneState:
+    """Iteration 0: the fine-tuned actor a copy of ``actor_pre``, a random critic, fresh optimisers and reward
+    scaler, ``spec.n_envs`` episodes started from ``start_pool``."""
     critic_key, env_key, key = jax.random.split(key, 3)
     actor = jax.tree.map(jnp.copy, actor_pre)
     critic = init_critic(critic_key, start_pool.feature().shape[-1], spec.critic_dim)
@@ -129,18 +113,17 @@ def _create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, 
                          env=init_env_state(start_pool, spec.n_envs, env_key), key=key)
 
 
-def make_iteration(config, models: FrozenModels, start_pool: Latent) -> Callable[[FinetuneState],
-                                                                                  tuple[FinetuneState, dict]]:
+def make_iteration(spec: FinetuneSpec, models: FrozenModels,
+                   start_pool: Latent) -> Callable[[FinetuneState], tuple[FinetuneState, dict]]:
     """``iteration(state) -> (state, metrics)``, jitted once per ``FinetuneSpec`` (shared across calls).
     Metrics are device scalars: success_rate, episode_return, episodes, reward_mean (this rollout), loss,
     pg_loss, value_loss, bc_loss, approx_kl, clipfrac (means over the executed minibatch steps), updates
     (minibatch steps executed), reward_scale_std."""
-    spec = FinetuneSpec.from_config(config)
-    return lambda state: _iteration(spec, models, start_pool, state)
+    return lambda state: ppo_iteration(spec, models, start_pool, state)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _iteration(spec: FinetuneSpec, models: FrozenModels, start_pool: Latent,
+def ppo_iteration(spec: FinetuneSpec, models: FrozenModels, start_pool: Latent,
                state: FinetuneState) -> tuple[FinetuneState, dict]:
     rollout_key, update_key, next_key = jax.random.split(state.key, 3)
     rollout, env = imagine_rollout(models, state.actor, state.env, start_pool, rollout_key, spec=spec.rollout)

@@ -55,16 +55,6 @@ class RolloutSpec:
             raise ValueError(f"config.policy.act_steps={self.act_steps} must lie in [1, config.policy.horizon="
                              f"{self.horizon}]")
 
-    @classmethod
-    def from_config(cls, config) -> "RolloutSpec":
-        """From the experiment config (sections ``wm``, ``policy``, ``ppo``)."""
-        return cls(wm=wm.as_spec(config.wm), n_steps=config.ppo.n_steps, horizon=config.policy.horizon,
-                   action_dim=config.policy.action_dim, act_steps=config.policy.act_steps,
-                   ft_steps=config.policy.ft_denoising_steps, episode_len=config.ppo.episode_len,
-                   min_sampling_std=config.ppo.min_sampling_std, min_logprob_std=config.ppo.min_logprob_std,
-                   randn_clip=config.ppo.randn_clip, denoised_clip=config.policy.denoised_clip,
-                   reward_mode=config.ppo.reward_mode, binarize_gripper=config.ppo.binarize_gripper)
-
 
 @struct.dataclass
 class FrozenModels:

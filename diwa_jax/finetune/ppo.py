@@ -54,12 +54,6 @@ def reduce_chain_logprob(logp, *, logprob_clamp=(-5.0, 2.0), logprob_reduce="mea
         f"got {logprob_reduce!r}")
 
 
-def logprob_options(ppo_config) -> dict:
-    """``reduce_chain_logprob``'s options from ``config.ppo``, for the PPO and BC losses alike."""
-    clamp = (ppo_config.logprob_min, ppo_config.logprob_max) if ppo_config.clamp_logprob else None
-    return dict(logprob_clamp=clamp, logprob_reduce=ppo_config.logprob_reduce)
-
-
 def normalize_advantages(advantages):
     return (advantages - advantages.mean()) / (advantages.std() + ADV_NORM_EPS)
 

@@ -6,11 +6,11 @@ stored as three row blocks so the cond's share (by far the largest, C = 2048 of 
 once per chunk with ``cond_projection`` and reused across the K denoising steps, and the time's share once per
 step with ``time_projection``.
 """
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from diwa_jax.policy.layers import dense, init_dense, mish
 
@@ -23,10 +23,20 @@ def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def init_denoiser(key: jax.Array, cfg_policy: ml_collections.ConfigDict, cond_dim: int) -> dict:
-    """Parameters for ``config.policy`` sizes (horizon, action_dim, time_dim, mlp_dim) and a cond of ``cond_dim``."""
-    time_dim, mlp_dim = cfg_policy.time_dim, cfg_policy.mlp_dim
-    chunk_dim = cfg_policy.horizon * cfg_policy.action_dim
+@dataclasses.dataclass(frozen=True)
+class DenoiserSpec:
+    """The denoiser's sizes: action chunks ``(horizon, action_dim)``, time embedding, MLP width."""
+
+    horizon: int
+    action_dim: int
+    time_dim: int
+    mlp_dim: int
+
+
+def init_denoiser(key: jax.Array, spec: DenoiserSpec, cond_dim: int) -> dict:
+    """Parameters for ``spec``'s sizes and a cond of ``cond_dim``."""
+    time_dim, mlp_dim = spec.time_dim, spec.mlp_dim
+    chunk_dim = spec.horizon * spec.action_dim
     if time_dim < 4 or time_dim % 2:
         raise ValueError(f"config.policy.time_dim must be even and >= 4 (sinusoidal embedding), got {time_dim}")
     keys = jax.random.split(key, 6)

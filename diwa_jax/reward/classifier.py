@@ -3,23 +3,36 @@
 ``feature (B, latent)`` -> embedding ``(B, embed_dim)`` (the contrastive loss's input) -> logits ``(B, 2)``;
 class 1 = task solved.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from diwa_jax.policy.layers import dense, init_dense
 
 REWARD_MODES = ("binary", "probability")
 
 
-def init_classifier(key: jax.Array, cfg_reward: ml_collections.ConfigDict, latent_dim: int) -> dict:
-    """Sizes from ``config.reward`` (embed_hidden, embed_dim, head_hidden)."""
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """The classifier's sizes and its training (contrastive temperature, cross-entropy weight, Adam's rate)."""
+
+    embed_hidden: int
+    embed_dim: int
+    head_hidden: int
+    tau: float
+    ce_weight: float
+    lr: float
+
+
+def init_classifier(key: jax.Array, spec: RewardSpec, latent_dim: int) -> dict:
+    """Parameters for ``spec``'s sizes on features of ``latent_dim``."""
     keys = jax.random.split(key, 4)
     return {
-        "embed_1": init_dense(keys[0], latent_dim, cfg_reward.embed_hidden),
-        "embed_2": init_dense(keys[1], cfg_reward.embed_hidden, cfg_reward.embed_dim),
-        "head_1": init_dense(keys[2], cfg_reward.embed_dim, cfg_reward.head_hidden),
-        "head_2": init_dense(keys[3], cfg_reward.head_hidden, 2),
+        "embed_1": init_dense(keys[0], latent_dim, spec.embed_hidden),
+        "embed_2": init_dense(keys[1], spec.embed_hidden, spec.embed_dim),
+        "head_1": init_dense(keys[2], spec.embed_dim, spec.head_hidden),
+        "head_2": init_dense(keys[3], spec.head_hidden, 2),
     }
 
 

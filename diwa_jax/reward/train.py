@@ -1,12 +1,11 @@
 """Training and evaluation of the latent reward classifier (spec sections 5.3-5.4)."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import struct
 
-from diwa_jax.reward.classifier import classifier_logits, init_classifier
+from diwa_jax.reward.classifier import RewardSpec, classifier_logits, init_classifier
 from diwa_jax.reward.losses import classifier_loss, precision_recall
 
 
@@ -23,26 +22,26 @@ class RewardTrainState:
     opt_state: optax.OptState
 
 
-def reward_optimizer(cfg_reward: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adam(cfg_reward.lr)  # PyTorch Adam defaults: betas 0.9/0.999, eps 1e-8, no decay
+def reward_optimizer(spec: RewardSpec) -> optax.GradientTransformation:
+    return optax.adam(spec.lr)  # PyTorch Adam defaults: betas 0.9/0.999, eps 1e-8, no decay
 
 
-def create_reward_state(key: jax.Array, cfg_reward: ml_collections.ConfigDict, latent_dim: int) -> RewardTrainState:
-    params = init_classifier(key, cfg_reward, latent_dim)
+def create_reward_state(key: jax.Array, spec: RewardSpec, latent_dim: int) -> RewardTrainState:
+    params = init_classifier(key, spec, latent_dim)
     return RewardTrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=reward_optimizer(cfg_reward).init(params)
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=reward_optimizer(spec).init(params)
     )
 
 
-def make_reward_update(cfg_reward: ml_collections.ConfigDict):
+def make_reward_update(spec: RewardSpec):
     """Jitted ``update(state, batch: RewardBatch) -> (state, {"loss", "ntxent", "ce"})``; one Adam step on
     ``ntxent + ce_weight * ce``. Give it batches of one size (drop or pad the last one) to compile once."""
-    optimizer = reward_optimizer(cfg_reward)
+    optimizer = reward_optimizer(spec)
 
     @jax.jit
     def update(state: RewardTrainState, batch: RewardBatch):
         (loss, parts), grads = jax.value_and_grad(classifier_loss, has_aux=True)(
-            state.params, batch.features, batch.labels, tau=cfg_reward.tau, ce_weight=cfg_reward.ce_weight
+            state.params, batch.features, batch.labels, tau=spec.tau, ce_weight=spec.ce_weight
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_state = RewardTrainState(

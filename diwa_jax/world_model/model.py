@@ -1,8 +1,8 @@
 """The world model's public API: pure functions of ``params`` and a static ``WorldModelSpec``.
 
-Sequences are batch-major ``(B, T, ...)``; time loops are ``lax.scan`` over T. Every ``cfg`` argument
-accepts a ``WorldModelSpec`` or the ``config.wm`` ConfigDict (converted with CALVIN's input sizes:
-64x64 images, 18-D proprio, 51-D state, 7-D actions; build the spec yourself for other sizes).
+Sequences are batch-major ``(B, T, ...)``; time loops are ``lax.scan`` over T. The experiment's spec is built
+from its config by ``diwa_jax/specs.py``; the defaults are the paper's sizes with CALVIN's inputs (64x64 images,
+18-D proprio, 51-D state, 7-D actions).
 
 Randomness: ``observe``/``imagine`` split their key into T keys, one per step, in time order, so a
 step-by-step loop of ``obs_step``/``img_step`` with ``jax.random.split(key, T)[t]`` gives the same samples.
@@ -61,13 +61,6 @@ class WorldModelSpec:
             raise ValueError(f"world model: image_size={self.image_size}, but the conv geometry (spec 2.1) "
                              "needs 64x64 images; resize the cameras to 64 (config.data.image_size)")
 
-    @classmethod
-    def from_config(cls, cfg_wm: Any, **dims) -> "WorldModelSpec":
-        """Take the matching fields of ``config.wm``; ``dims`` sets image_size/proprio_dim/state_dim/action_dim."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {name: cfg_wm[name] for name in fields if name in cfg_wm}
-        return cls(**values, **dims)
-
     @property
     def uses_images(self) -> bool:
         return self.variant != "state"
@@ -92,12 +85,12 @@ class WorldModelSpec:
         return images + (("state",) if self.uses_state else ("proprio",))
 
 
-def as_spec(cfg: Any, **dims) -> WorldModelSpec:
-    """A ``WorldModelSpec`` from a spec or ``config.wm``; ``dims`` (non-None) override the input sizes."""
-    dims = {k: v for k, v in dims.items() if v is not None}
-    if isinstance(cfg, WorldModelSpec):
-        return dataclasses.replace(cfg, **dims) if dims else cfg
-    return WorldModelSpec.from_config(cfg, **dims)
+@struct.dataclass
+class WorldModel:
+    """A world model: its parameters and the static spec they were made for."""
+
+    params: Any
+    spec: WorldModelSpec = struct.field(pytree_node=False)
 
 
 @struct.dataclass
@@ -148,24 +141,16 @@ def _check_obs(obs: dict, spec: WorldModelSpec, where: str) -> tuple[int, ...]:
     return lead
 
 
-def initial_latent(batch_size: int, cfg: Any) -> Latent:
+def initial_latent(batch_size: int, spec: WorldModelSpec) -> Latent:
     """Zero latent ``deter (B, D)``, ``stoch (B, S, C)``."""
-    spec = as_spec(cfg)
     return Latent(deter=jnp.zeros((batch_size, spec.deter), jnp.float32),
                   stoch=jnp.zeros((batch_size, spec.stoch, spec.classes), jnp.float32))
 
 
-def init_params(key: jax.Array, cfg: Any, *, image_size: int | None = None, proprio_dim: int | None = None,
-                state_dim: int | None = None, action_dim: int | None = None) -> dict:
-    """Parameters ``{"encoder", "rssm", "decoder"}``: Xavier-uniform kernels, zero biases, orthogonal GRU
-    recurrent kernels. Input sizes default to the spec's (CALVIN's when ``cfg`` is ``config.wm``)."""
-    spec = as_spec(cfg, image_size=image_size, proprio_dim=proprio_dim, state_dim=state_dim,
-                   action_dim=action_dim)
-    return _init_params(key, spec)
-
-
 @functools.partial(jax.jit, static_argnums=1)  # one compiled program instead of hundreds of eager ops
-def _init_params(key: jax.Array, spec: WorldModelSpec) -> dict:
+def init_params(key: jax.Array, spec: WorldModelSpec) -> dict:
+    """Parameters ``{"encoder", "rssm", "decoder"}``: Xavier-uniform kernels, zero biases, orthogonal GRU
+    recurrent kernels."""
     # Initializers draw from an RngBitGenerator key seeded by ``key``: every threefry call site (one per
     # parameter and per flax fold-in) costs ~1 s of XLA CPU compile time, the bit generator almost none.
     init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
@@ -183,10 +168,9 @@ def _init_params(key: jax.Array, spec: WorldModelSpec) -> dict:
     }
 
 
-def encode(params, cfg: Any, obs: dict) -> jnp.ndarray:
+def encode(params, spec: WorldModelSpec, obs: dict) -> jnp.ndarray:
     """obs (any leading shape): uint8 cameras (..., 64, 64, 3), proprio (..., 18), state (..., 51),
     as the variant needs -> embed (..., embed_dim)."""
-    spec = as_spec(cfg)
     lead = _check_obs(obs, spec, "world_model.encode")
     flat = {}
     for name in spec.obs_keys:
@@ -201,11 +185,10 @@ def _apply_reset(latent: Latent, reset: jnp.ndarray) -> Latent:
     return Latent(deter=latent.deter * keep[..., None], stoch=latent.stoch * keep[..., None, None])
 
 
-def obs_step(params, cfg: Any, latent: Latent, prev_action: jnp.ndarray, embed: jnp.ndarray,
+def obs_step(params, spec: WorldModelSpec, latent: Latent, prev_action: jnp.ndarray, embed: jnp.ndarray,
              reset: jnp.ndarray, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
     """One filter step: zero (h, z) where ``reset``, transition with a_{t-1}, posterior sample from
     (h_t, embed_t). Returns (posterior Latent, prior logits, posterior logits), logits (..., S, C)."""
-    spec = as_spec(cfg)
     latent = _apply_reset(latent, reset)
     deter = _rssm_apply(params, spec, RSSMCell.transition, latent, prev_action)
     prior_logits = _rssm_apply(params, spec, RSSMCell.prior, deter)
@@ -214,9 +197,8 @@ def obs_step(params, cfg: Any, latent: Latent, prev_action: jnp.ndarray, embed: 
     return Latent(deter=deter, stoch=stoch), prior_logits, post_logits
 
 
-def img_step(params, cfg: Any, latent: Latent, action: jnp.ndarray, key: jax.Array) -> Latent:
+def img_step(params, spec: WorldModelSpec, latent: Latent, action: jnp.ndarray, key: jax.Array) -> Latent:
     """One imagination step (spec 2.4): transition with ``action``, z' sampled from the prior."""
-    spec = as_spec(cfg)
     deter = _rssm_apply(params, spec, RSSMCell.transition, latent, action)
     prior_logits = _rssm_apply(params, spec, RSSMCell.prior, deter)
     return Latent(deter=deter, stoch=sample_onehot(prior_logits, key, spec.temperature))
@@ -226,12 +208,11 @@ def _time_major(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
 
 
-def observe(params, cfg: Any, obs_seq: dict, prev_actions: jnp.ndarray, resets: jnp.ndarray,
+def observe(params, spec: WorldModelSpec, obs_seq: dict, prev_actions: jnp.ndarray, resets: jnp.ndarray,
             init_latent: Latent, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
     """Filter a sequence: obs (B, T, ...), prev_actions (B, T, A), resets (B, T) bool, init_latent (B, ...).
     All frames are encoded in one batch, then ``obs_step`` is scanned over T.
     Returns (posterior Latent (B, T, ...), prior logits (B, T, S, C), posterior logits (B, T, S, C))."""
-    spec = as_spec(cfg)
     embed = encode(params, spec, obs_seq)
     steps = embed.shape[1]
 
@@ -245,10 +226,9 @@ def observe(params, cfg: Any, obs_seq: dict, prev_actions: jnp.ndarray, resets: 
     return _time_major(outputs)
 
 
-def imagine(params, cfg: Any, latent: Latent, actions: jnp.ndarray, key: jax.Array) -> Latent:
+def imagine(params, spec: WorldModelSpec, latent: Latent, actions: jnp.ndarray, key: jax.Array) -> Latent:
     """Roll the prior from ``latent`` (B, ...) with ``actions`` (B, T, A): the T latents after each action,
     (B, T, ...)."""
-    spec = as_spec(cfg)
 
     def step(state, inputs):
         action, step_key = inputs
@@ -259,10 +239,9 @@ def imagine(params, cfg: Any, latent: Latent, actions: jnp.ndarray, key: jax.Arr
     return _time_major(latents)
 
 
-def decode(params, cfg: Any, feature: jnp.ndarray) -> dict:
+def decode(params, spec: WorldModelSpec, feature: jnp.ndarray) -> dict:
     """feature (..., D + S*C) -> {rgb_static, rgb_gripper: (..., 64, 64, 3) in the [-1, 1] image scale}
     for image variants, plus {state: (..., 51)} for hybrid/state."""
-    spec = as_spec(cfg)
     lead = feature.shape[:-1]
     out = _decoder(spec).apply({"params": params["decoder"]}, feature.reshape(-1, feature.shape[-1]))
     return {name: value.reshape(*lead, *value.shape[1:]) for name, value in out.items()}
@@ -295,12 +274,11 @@ def _reconstruction_losses(recon: dict, target: dict, spec: WorldModelSpec) -> d
     return losses
 
 
-def loss_fn(params, cfg: Any, batch: dict, init_latent: Latent, key: jax.Array) -> tuple[jnp.ndarray,
+def loss_fn(params, spec: WorldModelSpec, batch: dict, init_latent: Latent, key: jax.Array) -> tuple[jnp.ndarray,
                                                                                         tuple[dict, Latent]]:
     """Negative ELBO with KL balancing (spec 2.2), averaged over B*T:
     ``kl_weight * KL_balanced + image_weight * 0.5*SSE(both cameras) + state_weight * 0.5*SSE(state)``.
     Returns (loss, (metrics, last posterior Latent (B, ...)))."""
-    spec = as_spec(cfg)
     _check_batch(batch, spec, "world_model.loss_fn")
     post, prior_logits, post_logits = observe(params, spec, batch, batch["prev_action"], batch["reset"],
                                               init_latent, key)
@@ -316,36 +294,30 @@ def loss_fn(params, cfg: Any, batch: dict, init_latent: Latent, key: jax.Array) 
     return loss, (metrics, last)
 
 
-def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+def make_optimizer(spec: WorldModelSpec) -> optax.GradientTransformation:
     """clip_by_global_norm(clip_norm) then AdamW(lr, 0.9, 0.999, eps, weight_decay on every parameter).
 
     Applied to all parameters raveled into one vector (``optax.flatten``): the same update, compiled as a
     few fused kernels instead of several per parameter leaf (seconds of XLA compile time on CPU)."""
-    spec = as_spec(cfg)
     adamw = optax.adamw(spec.lr, b1=0.9, b2=0.999, eps=spec.adam_eps, weight_decay=spec.weight_decay)
     if spec.clip_norm > 0:
         adamw = optax.chain(optax.clip_by_global_norm(spec.clip_norm), adamw)
     return optax.flatten(adamw)
 
 
-def create_train_state(key: jax.Array, cfg: Any, batch_size: int) -> WMTrainState:
-    """Fresh parameters and optimiser state, a zero carry for ``batch_size`` streams."""
-    return _create_train_state(key, as_spec(cfg), batch_size)
-
-
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _create_train_state(key: jax.Array, spec: WorldModelSpec, batch_size: int) -> WMTrainState:
+def create_train_state(key: jax.Array, spec: WorldModelSpec, batch_size: int) -> WMTrainState:
+    """Fresh parameters and optimiser state, a zero carry for ``batch_size`` streams."""
     init_key, state_key = jax.random.split(key)
-    params = _init_params(init_key, spec)
+    params = init_params(init_key, spec)
     return WMTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=make_optimizer(spec).init(params),
                         key=state_key, carry=initial_latent(batch_size, spec))
 
 
-def make_train_step(cfg: Any):
+def make_train_step(spec: WorldModelSpec):
     """A jitted ``train_step(state, batch) -> (state, metrics)`` (state donated). The batch is the data
     sampler's dict (B, T, ...). The initial latent is the carried posterior (``carry_state``) or zeros;
     resets in the batch zero it where streams start new episodes."""
-    spec = as_spec(cfg)
     optimizer = make_optimizer(spec)
 
     def train_step(state: WMTrainState, batch: dict) -> tuple[WMTrainState, dict]:
@@ -363,11 +335,10 @@ def make_train_step(cfg: Any):
     return jax.jit(train_step, donate_argnums=0)
 
 
-def open_loop(params, cfg: Any, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
+def open_loop(params, spec: WorldModelSpec, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
     """Filter the first ``context`` frames of ``batch`` from a zero latent (with the batch's resets), then
     imagine ``horizon`` steps with the true actions ``prev_action[:, context:context + horizon]`` and decode.
     Returns predictions for frames context .. context + horizon - 1: (B, horizon, ...) per decoded key."""
-    spec = as_spec(cfg)
     batch_size, steps = _check_batch(batch, spec, "world_model.open_loop")
     if context < 1 or horizon < 1 or context + horizon > steps:
         raise ValueError(f"world_model.open_loop: context={context} + horizon={horizon} must fit the batch's "
@@ -381,18 +352,16 @@ def open_loop(params, cfg: Any, batch: dict, context: int, horizon: int, key: ja
     return decode(params, spec, imagined.feature())
 
 
-def openloop_error(params, cfg: Any, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
+def openloop_error(params, spec: WorldModelSpec, batch: dict, context: int, horizon: int, key: jax.Array) -> dict:
     """Mean squared error of ``open_loop`` predictions vs the true frames (image MSE per pixel/channel in the
     [-1, 1] scale, averaged over both cameras, frames and batch), and of the baseline that repeats the last
     context frame. Image variants: image_mse, baseline_image_mse, image_mse_ratio (model / baseline, < 1 is
     better than the baseline) and image_mse_per_step (horizon,); hybrid/state: state_mse, baseline_state_mse."""
-    spec = as_spec(cfg)
     return prediction_error(spec, batch, open_loop(params, spec, batch, context, horizon, key), context, horizon)
 
 
-def prediction_error(cfg: Any, batch: dict, predicted: dict, context: int, horizon: int) -> dict:
+def prediction_error(spec: WorldModelSpec, batch: dict, predicted: dict, context: int, horizon: int) -> dict:
     """``openloop_error``'s metrics for predictions already made (``open_loop``'s output for ``batch``)."""
-    spec = as_spec(cfg)
     metrics = {}
     future = slice(context, context + horizon)
     if spec.uses_images:

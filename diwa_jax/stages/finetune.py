@@ -18,49 +18,33 @@ simulator steps are counted apart from fine-tuning's own (which must be, and are
 
 Writes ``<workdir>/finetune/<task>/``: ``checkpoints/`` (the ``FinetuneState``), ``metrics.jsonl``,
 ``start_pool.npz``, ``curve.json`` (one entry per iteration: imagined success of the episodes that ended in
-that iteration's rollout, and real success where evaluated) and ``summary.json`` (written last).
+that iteration's rollout, and real success where evaluated) and the task's completion marker
+(``artifacts.DONE``, its summary, written last).
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 import numpy as np
 
-from diwa_jax import distributed
-from diwa_jax.atomic import atomic_write, write_json
+from diwa_jax import artifacts, distributed
+from diwa_jax.atomic import atomic_write
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs.oracle import task_index
-from diwa_jax.evaluate import encode_observation, evaluate_policy, make_env, start_states
+from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.pipeline import stage_dir
-from diwa_jax.policy.denoiser import init_denoiser
-from diwa_jax.policy.stage import load_policy, split_dir
-from diwa_jax.reward.stage import load_reward
+from diwa_jax.specs import eval_spec, finetune_spec, make_env
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
-from diwa_jax.world_model.featurize import load_features
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
+from diwa_jax.world_model.model import WorldModel
 
-SUMMARY = "summary.json"
-CURVE = "curve.json"
-START_POOL = "start_pool.npz"
 START_STREAM = 7001  # numpy stream (seed, task, START_STREAM) of the simulator start states
-
-
-def task_dir(config, task: str) -> str:
-    return os.path.join(stage_dir(config, "finetune"), task)
-
-
-def _checkpoint_dir(config, task: str) -> str:
-    return os.path.join(task_dir(config, task), "checkpoints")
 
 
 class CountingEnv:
@@ -89,7 +73,7 @@ def simulator_start_states(config, task: str, n: int) -> tuple[np.ndarray, np.nd
     return np.stack(robot), np.stack(scene)
 
 
-def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
+def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
     """``(P, ...)`` latents: each frame encoded by a reset posterior step with the reset action, exactly as an
     evaluation episode encodes its first frame (``evaluate.encode_observation``), frame i with ``fold_in(key, i)``."""
     latents = [encode_observation(world_model, stats, obs, None, RESET_ACTION, jax.random.fold_in(key, i), 0,
@@ -97,7 +81,7 @@ def encode_start_frames(world_model: tuple, stats, frames: list[dict], key: jax.
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *latents)
 
 
-def build_start_pool(config, task: str, world_model: tuple, stats, env) -> tuple[Latent, dict]:
+def build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> tuple[Latent, dict]:
     """The start latents of ``task`` (``config.ppo.start_source``) and a description (source, count, states)."""
     n = config.ppo.n_start_states
     if config.ppo.start_source == "simulator":
@@ -106,39 +90,24 @@ def build_start_pool(config, task: str, world_model: tuple, stats, env) -> tuple
         pool = encode_start_frames(world_model, stats, frames, stage_key(config, f"finetune/{task}/start_pool"),
                                    config.data.image_size)
         return pool, {"robot_obs": robot, "scene_obs": scene}
-    split = CalvinSplit(split_dir(config, "training"))
-    cache = ensure_cache(config)["training"]
+    split = CalvinSplit(artifacts.data_split_dir(config, "training"))
+    cache = artifacts.caches(config)["training"]
     windows = task_windows(split, cache, task)
     if len(windows) == 0:
         raise DataError(f"{split.dir}: no annotation windows of task '{task}' for config.ppo.start_source="
                         "'dataset'; collect more data or use start_source='simulator'")
     rows = select_windows(windows, n, config.seed)[:, 0]
-    return load_features(config, "training").latent(rows), {"rows": rows}
+    return artifacts.load_features(config, "training").latent(rows), {"rows": rows}
 
 
-def load_or_build_start_pool(config, task: str, world_model: tuple, stats, env) -> Latent:
+def load_or_build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> Latent:
     """The saved pool of an earlier (interrupted) run of the task, else a new one, saved."""
-    path = os.path.join(task_dir(config, task), START_POOL)
-    if os.path.exists(path):
-        with np.load(path) as saved:
-            return Latent(deter=saved["deter"], stoch=saved["stoch"])
+    pool = artifacts.load_start_pool(config, task)
+    if pool is not None:
+        return pool
     pool, described = build_start_pool(config, task, world_model, stats, env)
-    atomic_write(path, lambda f: np.savez(f, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described))
+    atomic_write(artifacts.start_pool_path(config, task), lambda f: np.savez(f, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described))
     return pool
-
-
-# ---- curve ---------------------------------------------------------------------------------------------
-
-def read_curve(config, task: str) -> list[dict]:
-    path = os.path.join(task_dir(config, task), CURVE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return json.load(f)["entries"]
-
-
-def _write_curve(config, task: str, entries: list[dict]) -> None:
-    write_json(os.path.join(task_dir(config, task), CURVE), {"task": task, "entries": entries})
 
 
 # ---- devices ------------------------------------------------------------------------------------------
@@ -150,11 +119,11 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
     restored one) is placed there first; host values are identical in every process (same seed, same files)."""
     n = config.ppo.devices or jax.device_count()
     if n == 1:
-        return make_iteration(config, models, pool)
+        return make_iteration(finetune_spec(config), models, pool)
     if n > jax.device_count():
         raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
     mesh = distributed.make_mesh(jax.devices()[:n])
-    program = distributed.sharded_iteration(config, mesh, state)
+    program = distributed.sharded_iteration(finetune_spec(config), mesh, state)
     shardings = distributed.state_shardings(state, mesh)
     models, pool = distributed.shard((models, pool), distributed.replicated(mesh))
     info(f"[finetune] {config.ppo.n_envs} envs split over {n} devices")
@@ -169,39 +138,39 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
 
 # ---- one task -----------------------------------------------------------------------------------------
 
-def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts: tuple) -> dict:
+def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_starts: tuple) -> dict:
     """Fine-tune ``task``'s policy (resuming from its checkpoints); returns the task's summary."""
     started = time.time()
     ppo = config.ppo
-    ft_steps = config.policy.ft_denoising_steps
-    schedule, actor_pre = load_policy(config, task)
-    models = FrozenModels(wm=world_model[1], classifier=load_reward(config, task), actor_pre=actor_pre,
+    schedule, actor_pre = artifacts.load_policy(config, task)
+    models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, world_model, stats, counting)
-    state = create_finetune_state(stage_key(config, f"finetune/{task}"), config, actor_pre, pool)
+    state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}"), actor_pre, pool)
     iteration = make_mesh_iteration(config, models, pool, state)
     eval_steps = 0
 
     def evaluate(actor) -> dict:
         nonlocal eval_steps
-        result = evaluate_policy(config, task, actor_pre, jax.device_get(actor), ft_steps, env=env,
-                                 world_model=world_model, stats=stats, starts=eval_starts)
+        result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, jax.device_get(actor),
+                                 key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model,
+                                 stats=stats, starts=eval_starts)
         eval_steps += result["sim_steps"]
         return result
 
-    out = task_dir(config, task)
+    out = artifacts.task_dir(config, "finetune", task)
     with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
-            Checkpointer(_checkpoint_dir(config, task), config=config.to_dict()) as ck:
+            Checkpointer(artifacts.checkpoint_dir(config, "finetune", task), config=config.to_dict()) as ck:
         resumed_from = ck.latest_step() or 0
         # entries after the checkpoint the loop resumes from are recomputed, identically
-        curve = [e for e in read_curve(config, task) if e["iteration"] <= resumed_from]
+        curve = [e for e in artifacts.read_curve(config, task) if e["iteration"] <= resumed_from]
         if not curve:
             result = evaluate(actor_pre)  # iteration 0: the pre-trained policy
             curve = [{"iteration": 0, "imagined_success": None, "imagined_episodes": 0,
                       "real_success": result["success_rate"], "eval_episodes": result["episodes"]}]
             logger.scalars(0, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/")
-            _write_curve(config, task, curve)
+            artifacts.write_curve(config, task, curve)
 
         def on_log(done: int, state: FinetuneState, mean: dict) -> None:
             entry = {"iteration": done, "imagined_success": mean["success_rate"],
@@ -213,7 +182,7 @@ def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts
                 info(f"[finetune] {task} iteration {done}: imagined success {mean['success_rate']:.3f}, "
                      f"real success {result['success_rate']:.3f} ({result['episodes']} episodes)")
             curve.append(entry)
-            _write_curve(config, task, curve)
+            artifacts.write_curve(config, task, curve)
 
         state = run_loop(name=f"finetune/{task}", state=state, update=lambda s, _: iteration(s),
                          batch_fn=lambda step: None, num_steps=ppo.iterations, checkpointer=ck, logger=logger,
@@ -234,21 +203,21 @@ def finetune_task(config, task: str, world_model: tuple, stats, env, eval_starts
         "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
         "wall_time_s": round(time.time() - started, 1),
     }
-    write_json(os.path.join(out, SUMMARY), summary)
+    artifacts.mark_done(out, summary)
     return summary
 
 
 def finetune(config) -> dict:
     """Stage runner: fine-tune the policy of every task in ``config.tasks`` in imagination."""
-    world_model = load_world_model(config)
-    caches = ensure_cache(config)
+    world_model = artifacts.load_world_model(config)
+    caches = artifacts.caches(config)
     stats = caches["training"].stats
-    validation = CalvinSplit(split_dir(config, "validation"))
+    validation = CalvinSplit(artifacts.data_split_dir(config, "validation"))
     env = make_env(config)
     summary = {}
     try:
         for task in config.tasks:
-            eval_starts = start_states(config, task, validation, caches["validation"])
+            eval_starts = artifacts.start_states(config, task, validation, caches["validation"])
             summary[task] = finetune_task(config, task, world_model, stats, env, eval_starts)
             s = summary[task]
             info(f"[finetune] {task}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined success "
@@ -258,18 +227,3 @@ def finetune(config) -> dict:
         env.close()
     summary["finetune_sim_steps"] = sum(s["finetune_sim_steps"] for s in summary.values())
     return summary
-
-
-def load_finetuned_actor(config, task: str) -> dict:
-    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run."""
-    if not os.path.exists(os.path.join(task_dir(config, task), SUMMARY)):
-        raise FileNotFoundError(f"{task_dir(config, task)}: no finished fine-tuning of '{task}'; run the "
-                                "'finetune' stage")
-    abstract = jax.eval_shape(lambda k: init_denoiser(k, config.policy, config.derived.latent_dim), jax.random.key(0))
-    with Checkpointer(_checkpoint_dir(config, task)) as ck:
-        return ck.restore({"actor": abstract})["actor"]
-
-
-def read_summary(config, task: str) -> dict:
-    with open(os.path.join(task_dir(config, task), SUMMARY)) as f:
-        return json.load(f)

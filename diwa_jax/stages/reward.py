@@ -8,55 +8,34 @@ the window's j-th action takes the label of real frame j + 1. Each real and each
 an episode for the balancing (``negatives_per_episode`` negatives + all positives). Validation: the real
 latents of every validation window of the task, unbalanced.
 
-Writes ``<workdir>/reward/<task>/``: ``checkpoints/``, ``metrics.jsonl`` and ``metrics.json`` (the final
-validation precision/recall, written last: the task is complete).
+Writes ``<workdir>/reward/<task>/``: ``checkpoints/``, ``metrics.jsonl`` and the task's completion marker
+(``artifacts.DONE``: the final validation precision/recall, written last).
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import numpy as np
 
-from diwa_jax.atomic import write_json
+from diwa_jax import artifacts
+from diwa_jax.artifacts import load_features, load_world_model
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
-from diwa_jax.data.batching import task_windows
+from diwa_jax.data.batching import epoch_batch_rows, expert_windows, steps_per_epoch, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.data.preprocess import Cache
-from diwa_jax.envs.oracle import success_all_np, task_index
+from diwa_jax.envs.oracle import task_index
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.pipeline import stage_dir
-from diwa_jax.policy.stage import epoch_batch_rows, expert_windows, split_dir, steps_per_epoch
-from diwa_jax.reward.classifier import init_classifier
-from diwa_jax.reward.train import (RewardBatch, balance_episode_samples, create_reward_state, evaluate_classifier,
-                                   make_reward_update)
+from diwa_jax.reward.dataset import validation_metrics, validation_set, window_actions, window_labels
+from diwa_jax.reward.train import RewardBatch, balance_episode_samples, create_reward_state, make_reward_update
+from diwa_jax.specs import reward_spec
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
-from diwa_jax.world_model.featurize import Features, load_features
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
+from diwa_jax.world_model.featurize import Features
 
-METRICS = "metrics.json"
 _SHUFFLE_STREAM, _BALANCE_STREAM = 1, 2  # independent numpy streams of (seed, task, stream)
-
-
-def window_labels(scene_obs: np.ndarray, windows: np.ndarray, task: str) -> list[np.ndarray]:
-    """Per window ``(L,)`` bool: the oracle on (the window's first scene, each frame's scene)."""
-    column = task_index(task)
-    return [success_all_np(scene_obs[start], np.asarray(scene_obs[start:end + 1]))[:, column]
-            for start, end in windows]
-
-
-def window_actions(rel_actions: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """``(W, T, 7)`` float32 with T = (longest window) - 1: window w's actions rows start..end-1 (the action
-    at row r leads to row r + 1), zero-padded after them."""
-    lengths = windows[:, 1] - windows[:, 0]
-    actions = np.zeros((len(windows), max(int(lengths.max()), 1), rel_actions.shape[-1]), np.float32)
-    for w, (start, end) in enumerate(windows):
-        actions[w, :end - start] = rel_actions[start:end]
-    return actions
 
 
 @functools.partial(jax.jit, static_argnames="spec")
@@ -72,17 +51,17 @@ def imagined_features(params, start: Latent, actions: jax.Array, key: jax.Array,
 
 
 def training_set(config, task: str, windows: np.ndarray, cache: Cache, features: Features,
-                 world_model: tuple | None, key: jax.Array) -> dict:
+                 world_model: model.WorldModel | None, key: jax.Array) -> dict:
     """Balanced training features and labels of ``task`` plus counts: ``{"features", "labels", "n_real",
-    "n_imagined"}``. ``world_model = (spec, params)`` is needed only with ``reward.use_imagined``."""
+    "n_imagined"}``. ``world_model`` is needed only with ``reward.use_imagined``."""
     cfg = config.reward
     labels = window_labels(cache.scene_obs, windows, task)
     episodes = [(features.feature(np.arange(start, end + 1)), lab) for (start, end), lab in zip(windows, labels)]
     n_real = len(episodes)
     if cfg.use_imagined:
-        spec, params = world_model
-        imagined = np.asarray(imagined_features(params, features.latent(windows[:, 0]),
-                                                window_actions(cache.rel_actions, windows), key, spec=spec))
+        imagined = np.asarray(imagined_features(world_model.params, features.latent(windows[:, 0]),
+                                                window_actions(cache.rel_actions, windows), key,
+                                                spec=world_model.spec))
         episodes += [(imagined[w, :len(lab) - 1], lab[1:]) for w, lab in enumerate(labels) if len(lab) > 1]
     rng = np.random.default_rng([config.seed, task_index(task), _BALANCE_STREAM])
     picks = balance_episode_samples([lab for _, lab in episodes], cfg.negatives_per_episode, rng,
@@ -95,49 +74,28 @@ def training_set(config, task: str, windows: np.ndarray, cache: Cache, features:
     }
 
 
-def validation_set(windows: np.ndarray, cache: Cache, features: Features, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Real latents and labels of every frame of every window, unbalanced."""
-    rows = np.concatenate([np.arange(start, end + 1) for start, end in windows] or [np.zeros(0, np.int64)])
-    labels = np.concatenate(window_labels(cache.scene_obs, windows, task) or [np.zeros(0, bool)]).astype(np.int32)
-    return features.feature(rows), labels
-
-
-def _task_dir(config, task: str) -> str:
-    return os.path.join(stage_dir(config, "reward"), task)
-
-
-def _checkpoint_dir(config, task: str) -> str:
-    return os.path.join(_task_dir(config, task), "checkpoints")
-
-
-def validation_metrics(params: dict, val_features: np.ndarray, val_labels: np.ndarray) -> dict:
-    """Precision, recall and accuracy on the validation set; None when it is empty."""
-    if len(val_labels) == 0:
-        return {"precision": None, "recall": None, "accuracy": None}
-    return evaluate_classifier(params, val_features, val_labels)
-
-
 def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, val_labels: np.ndarray) -> dict:
     """Train the classifier of ``task`` (resuming from its checkpoints); write and return its metrics."""
     cfg = config.reward
     n = len(train["labels"])
     per_epoch = steps_per_epoch(n, cfg.batch_size)
-    state = create_reward_state(stage_key(config, f"reward/{task}"), cfg, train["features"].shape[-1])
+    spec = reward_spec(config)
+    state = create_reward_state(stage_key(config, f"reward/{task}"), spec, train["features"].shape[-1])
     seed = (config.seed, task_index(task), _SHUFFLE_STREAM)
 
     def batch_fn(step: int) -> RewardBatch:
         rows = epoch_batch_rows(n, cfg.batch_size, seed, step)
         return RewardBatch(features=train["features"][rows], labels=train["labels"][rows])
 
-    out = _task_dir(config, task)
+    out = artifacts.task_dir(config, "reward", task)
     with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
-            Checkpointer(_checkpoint_dir(config, task), config=config.to_dict()) as ck:
+            Checkpointer(artifacts.checkpoint_dir(config, "reward", task), config=config.to_dict()) as ck:
 
         def on_log(step, state, _):
             logger.scalars(step, {k: v for k, v in validation_metrics(state.params, val_features, val_labels).items()
                                   if v is not None}, prefix=f"reward/{task}/val/")
 
-        state = run_loop(name=f"reward/{task}", state=state, update=make_reward_update(cfg), batch_fn=batch_fn,
+        state = run_loop(name=f"reward/{task}", state=state, update=make_reward_update(spec), batch_fn=batch_fn,
                          num_steps=cfg.epochs * per_epoch, checkpointer=ck, logger=logger,
                          log_every=cfg.eval_every * per_epoch, ckpt_every=cfg.eval_every * per_epoch, on_log=on_log,
                          show_progress=config.log.progress)
@@ -145,15 +103,15 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
                "val_frames": int(len(val_labels)), "val_positives": int(val_labels.sum()),
                "train_samples": n, "train_positives": int(train["labels"].sum()),
                "train_real": train["n_real"], "train_imagined": train["n_imagined"], "steps": int(state.step)}
-    write_json(os.path.join(out, METRICS), metrics)
+    artifacts.mark_done(out, metrics)
     return metrics
 
 
 def train_rewards(config) -> dict:
     """Stage runner: one classifier per task in ``config.tasks``; the summary holds each task's metrics and
     the mean validation precision/recall."""
-    caches = ensure_cache(config)
-    splits = {name: CalvinSplit(split_dir(config, name)) for name in ("training", "validation")}
+    caches = artifacts.caches(config)
+    splits = {name: CalvinSplit(artifacts.data_split_dir(config, name)) for name in ("training", "validation")}
     features = {name: load_features(config, name) for name in splits}
     for name in splits:
         if len(features[name]) != len(caches[name]):
@@ -176,13 +134,3 @@ def train_rewards(config) -> dict:
         values = [metrics[name] for metrics in summary.values() if metrics[name] is not None]
         means[f"mean_{name}"] = float(np.mean(values)) if values else None
     return {**summary, **means}
-
-
-def load_reward(config, task: str) -> dict:
-    """The trained classifier parameters of ``task`` (the last checkpoint)."""
-    if not os.path.exists(os.path.join(_task_dir(config, task), METRICS)):
-        raise FileNotFoundError(f"{_task_dir(config, task)}: no finished classifier of '{task}'; "
-                                "run the 'reward' stage")
-    abstract = jax.eval_shape(lambda k: init_classifier(k, config.reward, config.derived.latent_dim), jax.random.key(0))
-    with Checkpointer(_checkpoint_dir(config, task)) as ck:
-        return ck.restore({"params": abstract})["params"]

@@ -1,7 +1,7 @@
 """The ``evaluate`` stage: pre-trained vs fine-tuned success in the simulator, and the run's result table.
 
 Per task, both policies are evaluated on the same validation start states with the same evaluation key
-(``evaluate_policy``'s default): the pre-trained one (the fine-tuned denoiser steps are the pre-trained
+(``stage_key(config, "evaluate/<task>")``, as fine-tuning's periodic evaluations): the pre-trained one (the fine-tuned denoiser steps are the pre-trained
 params, ``actor_ft = actor_pre``) and the fine-tuned one (the last fine-tuning checkpoint). Imagined success
 and fine-tuning's simulator-step count come from the finetune stage, wall times from the stage markers.
 
@@ -13,36 +13,19 @@ their simulator steps count as evaluation steps.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 
+from diwa_jax import artifacts
 from diwa_jax.atomic import atomic_write, write_json
-from diwa_jax import pipeline
 from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.evaluate import evaluate_policy, make_env, start_states
-from diwa_jax.finetune.stage import load_finetuned_actor, read_curve, read_summary
+from diwa_jax.config import stage_key
+from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.policy.stage import load_policy, split_dir
+from diwa_jax.specs import eval_spec, make_env
 from diwa_jax.videos import write_task_videos
-from diwa_jax.world_model.stage import ensure_cache, load_world_model
-
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-CURVES_PNG = "success_curves.png"
-
-
-def stage_wall_times(config) -> dict:
-    """Seconds per finished stage, from the markers (stages without a marker are left out)."""
-    times = {}
-    for stage in pipeline.STAGES:
-        path = os.path.join(pipeline.stage_dir(config, stage.name), pipeline.MARKER)
-        if os.path.exists(path):
-            with open(path) as f:
-                times[stage.name] = json.load(f)["summary"].get("wall_time_s")
-    return times
 
 
 def _percent(x) -> str:
@@ -101,28 +84,29 @@ def plot_curves(path: str, curves: dict[str, list[dict]]) -> None:
 def evaluate_stage(config) -> dict:
     """Stage runner: evaluate, tabulate, plot; returns the results (also ``results.json``)."""
     started = time.time()
-    world_model = load_world_model(config)
-    caches = ensure_cache(config)
+    world_model = artifacts.load_world_model(config)
+    caches = artifacts.caches(config)
     stats = caches["training"].stats
-    validation = CalvinSplit(split_dir(config, "validation"))
-    ft_steps = config.policy.ft_denoising_steps
+    validation = CalvinSplit(artifacts.data_split_dir(config, "validation"))
+    spec = eval_spec(config)
     env = make_env(config)
-    videos = (MetricLogger(pipeline.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
+    videos = (MetricLogger(artifacts.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
               if config.log.video else None)
     tasks, curves = {}, {}
     try:
         for task in config.tasks:
-            starts = start_states(config, task, validation, caches["validation"])
-            _, actor_pre = load_policy(config, task)
-            actor_ft = load_finetuned_actor(config, task)
-            common = dict(env=env, world_model=world_model, stats=stats, starts=starts)
-            pre = evaluate_policy(config, task, actor_pre, actor_pre, ft_steps, **common)
-            ft = evaluate_policy(config, task, actor_pre, actor_ft, ft_steps, **common)
+            starts = artifacts.start_states(config, task, validation, caches["validation"])
+            schedule, actor_pre = artifacts.load_policy(config, task)
+            actor_ft = artifacts.load_finetuned_actor(config, task)
+            common = dict(key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=stats,
+                          starts=starts)
+            pre = evaluate_policy(spec, task, schedule, actor_pre, actor_pre, **common)
+            ft = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, **common)
             video_sim_steps = 0 if videos is None else write_task_videos(
-                config, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)}, ft_steps,
-                videos, **common)
-            finetuned = read_summary(config, task)
-            curves[task] = read_curve(config, task)
+                spec, schedule, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)},
+                videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR), **common)
+            finetuned = artifacts.finetune_summary(config, task)
+            curves[task] = artifacts.read_curve(config, task)
             tasks[task] = {
                 "episodes": pre["episodes"], "seed": config.seed,
                 "pretrained_success": pre["success_rate"], "finetuned_success": ft["success_rate"],
@@ -153,14 +137,13 @@ def evaluate_stage(config) -> dict:
         "tasks_improved": int(sum(t["gain"] > 0 for t in tasks.values())),
         "finetune_sim_steps": int(sum(t["finetune_sim_steps"] for t in tasks.values())),
         "eval_sim_steps": int(sum(t["eval_sim_steps"] for t in tasks.values())),
-        "wall_time_s": {**stage_wall_times(config), "evaluate": round(time.time() - started, 1)},
+        "wall_time_s": {**artifacts.stage_wall_times(config), "evaluate": round(time.time() - started, 1)},
     }
-    workdir = config.derived.workdir
     table = results_table(results)
-    write_json(os.path.join(workdir, RESULTS_JSON), results)
+    write_json(artifacts.workdir_file(config, artifacts.RESULTS_JSON), results)
     markdown = f"# DiWA results ({config.preset})\n\n{table}\n".encode()
-    atomic_write(os.path.join(workdir, RESULTS_MD), lambda f: f.write(markdown))
-    plot_curves(os.path.join(workdir, CURVES_PNG), curves)
+    atomic_write(artifacts.workdir_file(config, artifacts.RESULTS_MD), lambda f: f.write(markdown))
+    plot_curves(artifacts.workdir_file(config, artifacts.CURVES_PNG), curves)
     info(table)
     return {"mean": results["mean"], "tasks_improved": results["tasks_improved"],
             "finetune_sim_steps": results["finetune_sim_steps"]}
