@@ -44,29 +44,19 @@ class StateMLP(nn.Module):
 
 
 class StridedConv(nn.Module):
-    """``nn.Conv(features, (kernel, kernel), strides=2, padding="VALID")``: the same parameters (``kernel``
-    (k, k, in, out) Xavier-uniform, ``bias`` zeros) and outputs, computed as one matrix product."""
+    """``nn.Conv`` (or, with ``transpose``, ``nn.ConvTranspose``) ``(features, (kernel, kernel), strides=2,
+    padding="VALID")``: the same parameters (``kernel`` (k, k, in, out) Xavier-uniform, ``bias`` zeros) and
+    outputs, computed as one matrix product (and, transposed, a depth-to-space)."""
 
     features: int
     kernel: int
+    transpose: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", xavier_uniform, (self.kernel, self.kernel, x.shape[-1], self.features))
-        return conv2d_s2(x, kernel, self.param("bias", zeros, (self.features,)))
-
-
-class StridedConvTranspose(nn.Module):
-    """``nn.ConvTranspose(features, (kernel, kernel), strides=2, padding="VALID")``: the same parameters and
-    outputs, computed as one matrix product and a depth-to-space."""
-
-    features: int
-    kernel: int
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", xavier_uniform, (self.kernel, self.kernel, x.shape[-1], self.features))
-        return conv_transpose2d_s2(x, kernel, self.param("bias", zeros, (self.features,)))
+        op = conv_transpose2d_s2 if self.transpose else conv2d_s2
+        return op(x, kernel, self.param("bias", zeros, (self.features,)))
 
 
 class ConvTower(nn.Module):
@@ -119,7 +109,7 @@ class ImageDeconv(nn.Module):
         x = x.reshape(x.shape[0], 1, 1, -1)
         widths = [self.depth * mult for mult in DECODER_DEPTH_MULTS] + [3]
         for i, (kernel, width) in enumerate(zip(DECODER_KERNELS, widths)):
-            x = StridedConvTranspose(width, kernel, name=f"ConvTranspose_{i}")(x)
+            x = StridedConv(width, kernel, transpose=True, name=f"ConvTranspose_{i}")(x)
             if i < len(widths) - 1:
                 x = nn.elu(x)
         return x
