@@ -47,7 +47,7 @@ def test_data_path_disables_collection(tmp_path):
     ("ppo.episode_len", 70, "config.ppo.episode_len: must be a multiple"),
     ("policy.cosine_epochs", 1, "config.policy.cosine_epochs: must exceed config.policy.warmup_epochs"),
     ("ppo.logprob_reduce", "max", "config.ppo.logprob_reduce: must be one of"),
-    ("wm.classes", 300, "config.wm.classes: must be <= 256"),
+    ("wm.classes", 300, "config.wm.classes: must be in [1, 256]"),
 ])
 def test_bad_values_name_the_key(key, value, fragment, tmp_path):
     c = get_config("quick")

@@ -30,13 +30,16 @@ from diwa_jax import config as configlib
 from diwa_jax import pipeline
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data import calvin_format as cf
+from diwa_jax import artifacts
 from diwa_jax.data import collect as collect_mod
 from diwa_jax.finetune.imagine import draw_starts
 from diwa_jax.logging import MetricLogger
-from diwa_jax.training import TrainingDiverged, run_loop
+from diwa_jax.errors import TrainingDiverged
+from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model as wm_model
-from diwa_jax.world_model import stage as wm_stage
+from diwa_jax.specs import world_model_spec
+from diwa_jax.stages import collect as collect_stage
 from experiments.calvin import get_config
 from tests import _resumable_job as job
 from tests.conftest import REPO
@@ -170,12 +173,12 @@ def test_killed_collect_rerun_under_new_seed_refused_then_advice_redoes_it(tmp_p
 
 def test_collect_remakes_a_segment_whose_frames_are_missing(workdir):
     config = tiny(workdir)
-    job0 = collect_mod.plan(config)["training"][0]
+    job0 = collect_stage.plan(config)["training"][0]
     frame = os.path.join(job0.split_dir, cf.frame_filename(job0.first_id + 3))
     original = cf.read_frame(frame)
     os.remove(frame)
     os.remove(workdir / "collect" / pipeline.MARKER)  # the stage is in progress again
-    assert not collect_mod._segment_done(job0)
+    assert not collect_mod.segment_done(job0)
     pipeline.run(config, ["collect"])
     remade = cf.read_frame(frame)
     for key, value in original.items():
@@ -202,8 +205,8 @@ def test_world_model_nan_never_checkpointed_and_sane_rerun_resumes(workdir, caps
     diverging = tiny(workdir, **{"wm.lr": 1e6, "wm.ckpt_every": 1})  # NaN from step 2 on
     with pytest.raises(TrainingDiverged) as e:
         pipeline.run(diverging, ["world_model"])
-    ckpt_dir = wm_stage._checkpoint_dir(diverging)
-    spec = wm_stage.world_model_spec(diverging)
+    ckpt_dir = artifacts.checkpoint_dir(diverging, "world_model")
+    spec = world_model_spec(diverging)
     abstract = jax.eval_shape(lambda k: wm_model.init_params(k, spec), jax.random.key(0))
     with Checkpointer(ckpt_dir) as ck:
         steps = ck.all_steps()
@@ -234,7 +237,7 @@ def test_world_model_nan_never_checkpointed_and_sane_rerun_resumes(workdir, caps
     pipeline.run(sane, ["world_model"])
     marker = json.loads((workdir / "world_model" / pipeline.MARKER).read_text())
     assert marker["fingerprint"]["wm.lr"] == sane.wm.lr and marker["history"] == []
-    assert _all_finite(wm_stage.load_world_model(sane)[1])
+    assert _all_finite(artifacts.load_world_model(sane).params)
 
 
 def test_resume_after_divergence_continues_from_the_last_finite_checkpoint(tmp_path):
@@ -470,7 +473,7 @@ def test_legal_edge_values():
     c = get_config("tiny")
     c.collect.train_frames, c.eval.max_steps, c.ppo.n_start_states, c.ppo.min_sampling_std = 100, 10, 2, 0.0
     config = configlib.finalize(c, "/tmp/unused")
-    assert [j.n_frames for j in collect_mod.plan(config)["training"]] == [100]
+    assert [j.n_frames for j in collect_stage.plan(config)["training"]] == [100]
     pool = Latent(deter=np.arange(2.0)[:, None], stoch=np.zeros((2, 1, 1)))
     drawn = draw_starts(pool, config.ppo.n_envs, jax.random.key(0))
     assert drawn.deter.shape == (config.ppo.n_envs, 1) and set(np.asarray(drawn.deter[:, 0])) <= {0.0, 1.0}
