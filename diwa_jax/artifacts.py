@@ -10,7 +10,9 @@ Layout (``W`` = ``config.derived.workdir``)::
     W/featurize/<split>/               deter.npy, stoch.npy, progress.npz
     W/policy/<task>/checkpoints/       the BC train state (later stages read ``ema_params``)
     W/reward/<task>/checkpoints/       the classifier train state (``params``)
-    W/finetune/<task>/checkpoints/     the FinetuneState (``actor``), start_pool.npz, curve.json
+    W/starts/<task>/{final,periodic}.npz  the task's fixed evaluation start lists (stages/start_lists.py)
+    W/finetune/<task>/seed<k>/         fine-tuning seed k: checkpoints/ (the FinetuneState, ``actor``),
+                                       start_pool.npz, curve.json
     W/evaluate/                        TensorBoard videos
     W/results.json, results.md, success_curves.png, videos/
 
@@ -30,13 +32,12 @@ import numpy as np
 
 from diwa_jax.atomic import write_json
 from diwa_jax.checkpoint import Checkpointer
-from diwa_jax.data.batching import select_windows, task_windows
-from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.data.preprocess import Cache, ensure_cache
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import init_classifier
-from diwa_jax.specs import denoiser_spec, policy_schedule, reward_spec, world_model_spec
+from diwa_jax.errors import CheckpointError
+from diwa_jax.specs import denoiser_spec, policy_schedule, reward_spec, sampler_record, world_model_spec
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 from diwa_jax.world_model.featurize import Features
@@ -69,8 +70,17 @@ def task_dir(config, stage: str, task: str) -> str:
     return os.path.join(stage_dir(config, stage), task)
 
 
+def finetune_dir(config, task: str, seed_index: int) -> str:
+    """The folder of one fine-tuning run: ``task`` under fine-tuning seed ``seed_index`` (0 .. config.seeds - 1)."""
+    return os.path.join(task_dir(config, "finetune", task), f"seed{seed_index}")
+
+
 def checkpoint_dir(config, stage: str, task: str | None = None) -> str:
     return os.path.join(stage_dir(config, stage) if task is None else task_dir(config, stage, task), CHECKPOINTS)
+
+
+def start_list_path(config, task: str, name: str) -> str:
+    return os.path.join(config.derived.workdir, "starts", task, f"{name}.npz")
 
 
 def data_split_dir(config, split: str) -> str:
@@ -123,20 +133,19 @@ def caches(config) -> dict[str, Cache]:
                         chunk_frames=config.data.cache_chunk_frames, progress=config.log.progress)
 
 
-def _restore(config, stage: str, task: str | None, what: str, item: str, init: Callable[[jax.Array], Any]) -> Any:
-    """Item ``item`` of the last checkpoint of a finished unit (a stage's, or a task's of a stage), shaped as
+def _restore(unit: str, stage: str, what: str, item: str, init: Callable[[jax.Array], Any]) -> Any:
+    """Item ``item`` of the last checkpoint of the finished unit folder ``unit`` of ``stage``, shaped as
     ``init``'s output; FileNotFoundError when the unit's marker is missing."""
-    unit = stage_dir(config, stage) if task is None else task_dir(config, stage, task)
     read_done(unit, what, stage)
     abstract = jax.eval_shape(init, jax.random.key(0))
-    with Checkpointer(checkpoint_dir(config, stage, task)) as ck:
+    with Checkpointer(os.path.join(unit, CHECKPOINTS)) as ck:
         return ck.restore({item: abstract})[item]
 
 
 def load_world_model(config) -> model.WorldModel:
     """The trained world model (only the ``params`` item of its checkpoint is read)."""
     spec = world_model_spec(config)
-    return model.WorldModel(params=_restore(config, "world_model", None, "world model", "params",
+    return model.WorldModel(params=_restore(stage_dir(config, "world_model"), "world_model", "world model", "params",
                                             lambda k: model.init_params(k, spec)), spec=spec)
 
 
@@ -146,30 +155,32 @@ def _init_actor(config):
 
 def load_policy(config, task: str) -> tuple[DDPMSchedule, dict]:
     """The schedule and the EMA denoiser weights of ``task``'s trained policy (the last checkpoint)."""
-    return policy_schedule(config), _restore(config, "policy", task, f"policy of '{task}'", "ema_params",
-                                             _init_actor(config))
+    return policy_schedule(config), _restore(task_dir(config, "policy", task), "policy", f"policy of '{task}'",
+                                             "ema_params", _init_actor(config))
 
 
 def load_reward(config, task: str) -> dict:
     """The trained classifier parameters of ``task`` (the last checkpoint)."""
-    return _restore(config, "reward", task, f"classifier of '{task}'", "params",
+    return _restore(task_dir(config, "reward", task), "reward", f"classifier of '{task}'", "params",
                     lambda k: init_classifier(k, reward_spec(config), config.derived.latent_dim))
 
 
-def load_finetuned_actor(config, task: str) -> dict:
-    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run."""
-    return _restore(config, "finetune", task, f"fine-tuning of '{task}'", "actor", _init_actor(config))
+def load_finetuned_actor(config, task: str, seed_index: int, ft_steps: int | None = None) -> dict:
+    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run of seed ``seed_index``.
 
-
-def start_states(config, task: str, split: CalvinSplit, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
-    """``(robot_obs (E, 15), scene_obs (E, 24))`` the evaluation starts from: the first frame of the task's
-    windows in ``split`` (the validation split), ``config.eval.max_episodes`` of them drawn with ``config.seed``
-    (0: all)."""
-    windows = task_windows(split, cache, task)
-    if config.eval.max_episodes:
-        windows = select_windows(windows, config.eval.max_episodes, config.seed)
-    rows = windows[:, 0]
-    return np.asarray(cache.robot_obs[rows]), np.asarray(cache.scene_obs[rows])
+    The run's marker records the sampler it was trained for (K, K' and the sampling settings); sampling it
+    under other settings (``config``'s, with ``ft_steps`` for K' when given) is refused: with another K' the
+    fine-tuned tree would silently serve steps it was never trained on, or the pre-trained tree steps it was."""
+    unit = finetune_dir(config, task, seed_index)
+    trained = read_done(unit, f"fine-tuning of '{task}' (seed {seed_index})", "finetune").get("sampler")
+    wanted = sampler_record(config, config.policy.ft_denoising_steps if ft_steps is None else ft_steps)
+    differ = [k for k in wanted if trained is not None and trained.get(k) != wanted[k]]
+    if trained is None or differ:
+        what = ("records no sampler settings" if trained is None else
+                ", ".join(f"{k}={trained.get(k)!r} (asked: {wanted[k]!r})" for k in differ))
+        raise CheckpointError(f"{unit}: the fine-tuned policy was trained with {what}; evaluate it with the "
+                              "settings it was trained with (or fine-tune again)")
+    return _restore(unit, "finetune", f"fine-tuning of '{task}'", "actor", _init_actor(config))
 
 
 def load_features(config, split: str) -> Features:
@@ -179,30 +190,31 @@ def load_features(config, split: str) -> Features:
                     done["classes"])
 
 
-def finetune_summary(config, task: str) -> dict:
-    return read_done(task_dir(config, "finetune", task), f"fine-tuning of '{task}'", "finetune")
+def finetune_summary(config, task: str, seed_index: int) -> dict:
+    return read_done(finetune_dir(config, task, seed_index), f"fine-tuning of '{task}' (seed {seed_index})", "finetune")
 
 
-def start_pool_path(config, task: str) -> str:
-    return os.path.join(task_dir(config, "finetune", task), START_POOL)
+def start_pool_path(config, task: str, seed_index: int) -> str:
+    return os.path.join(finetune_dir(config, task, seed_index), START_POOL)
 
 
-def load_start_pool(config, task: str) -> Latent | None:
+def load_start_pool(config, task: str, seed_index: int) -> Latent | None:
     """The saved start pool of an earlier (interrupted) fine-tuning run of ``task``, or None."""
-    path = start_pool_path(config, task)
+    path = start_pool_path(config, task, seed_index)
     if not os.path.exists(path):
         return None
     with np.load(path) as saved:
         return Latent(deter=saved["deter"], stoch=saved["stoch"])
 
 
-def read_curve(config, task: str) -> list[dict]:
-    path = os.path.join(task_dir(config, "finetune", task), CURVE)
+def read_curve(config, task: str, seed_index: int) -> list[dict]:
+    path = os.path.join(finetune_dir(config, task, seed_index), CURVE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return json.load(f)["entries"]
 
 
-def write_curve(config, task: str, entries: list[dict]) -> None:
-    write_json(os.path.join(task_dir(config, "finetune", task), CURVE), {"task": task, "entries": entries})
+def write_curve(config, task: str, seed_index: int, entries: list[dict]) -> None:
+    write_json(os.path.join(finetune_dir(config, task, seed_index), CURVE),
+               {"task": task, "seed_index": seed_index, "entries": entries})

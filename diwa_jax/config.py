@@ -47,6 +47,7 @@ _DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite
 # key -> predicate. Keys absent here are type-checked by ml_collections only.
 _RULES: dict[str, Callable[[Any], bool]] = {
     "seed": _non_negative,
+    "seeds": _positive,
     "data.image_size": _one_of(64),
     "data.cache_workers": _positive,
     "data.cache_chunk_frames": _positive,
@@ -159,7 +160,10 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.n_start_states": _positive,
     "ppo.ckpt_every": _positive,
     "eval.max_steps": _positive,
-    "eval.max_episodes": _non_negative,
+    "eval.start_source": _one_of("simulator", "validation"),
+    "eval.episodes": _non_negative,
+    "eval.periodic_episodes": _positive,
+    "eval.start_seed": _non_negative,
 }
 
 # Relations between keys: (keys named in the error, predicate on the config, message).
@@ -174,6 +178,12 @@ _RELATIONS = (
      "must be a multiple of config.policy.act_steps"),
     ("ppo.clip_base", lambda c: c.ppo.clip_base <= c.ppo.clip, "must be <= config.ppo.clip"),
     ("ppo.logprob_min", lambda c: c.ppo.logprob_min < c.ppo.logprob_max, "must be < config.ppo.logprob_max"),
+    ("eval.episodes", lambda c: c.eval.episodes > 0 or c.eval.start_source == "validation",
+     "must be > 0 with config.eval.start_source='simulator' (0 means every validation window)"),
+    ("eval.start_source", lambda c: c.eval.start_source == "validation" or c.env.backend == "playtable",
+     "'simulator' samples the play-table's task starts; with config.env.backend='calvin_env' use 'validation'"),
+    ("ppo.start_source", lambda c: c.ppo.start_source == "dataset" or c.env.backend == "playtable",
+     "'simulator' samples the play-table's task starts; with config.env.backend='calvin_env' use 'dataset'"),
     ("wm.openloop_context", lambda c: c.wm.openloop_context + c.wm.openloop_horizon <= c.wm.seq_len
      or c.wm.openloop_context + c.wm.openloop_horizon <= c.collect.segment_frames,
      "context + horizon must fit in a recorded segment (config.collect.segment_frames)"),

@@ -1,7 +1,6 @@
 """Closed-loop evaluation of a diffusion policy in a simulator (spec section 7).
 
-Start states (``artifacts.start_states``): the first robot/scene state of the task's validation windows (``eval.max_episodes`` of
-them drawn with ``config.seed``, 0 = all). An episode resets the simulator to a start state and encodes
+Start states: the task's fixed start lists (``diwa_jax/stages/start_lists.py``). An episode resets the simulator to a start state and encodes
 its first frame with a reset posterior step (zero action, gripper open). Then it repeats: sample an
 action chunk from the latent (``eval.deterministic``: the "deterministic" DDPM mode), execute its first
 ``policy.act_steps`` actions with the gripper binarised, and after each simulator step filter the new
@@ -209,4 +208,6 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
     successes = sum(success for success, _ in results)
     sim_steps = sum(steps for _, steps in results)
     return {"success_rate": successes / n, "successes": int(successes), "episodes": n,
-            "mean_steps": sim_steps / n, "sim_steps": int(sim_steps)}
+            "mean_steps": sim_steps / n, "sim_steps": int(sim_steps),
+            "episode_success": [bool(success) for success, _ in results],
+            "episode_steps": [int(steps) for _, steps in results]}

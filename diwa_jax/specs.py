@@ -89,6 +89,16 @@ def sampler_settings(config, ft_steps: int) -> SamplerSettings:
         deterministic_min_std=config.policy.deterministic_min_std)
 
 
+def sampler_record(config, ft_steps: int) -> dict:
+    """What a fine-tuned policy must be sampled with, as stored in its fine-tuning marker: K, K' and the
+    sampler settings of ``sampler_settings`` (plain values, comparable with JSON), all but the evaluation's
+    own choice of deterministic or stochastic sampling."""
+    settings = dataclasses.asdict(sampler_settings(config, ft_steps))
+    settings["chunk_shape"] = list(settings["chunk_shape"])
+    del settings["deterministic"]
+    return {"denoising_steps": config.policy.denoising_steps, "cosine_s": config.policy.cosine_s, **settings}
+
+
 def eval_spec(config) -> EvalSpec:
     """Closed-loop evaluation of the policies with ``config.policy.ft_denoising_steps`` fine-tuned steps."""
     return EvalSpec(sampler=sampler_settings(config, config.policy.ft_denoising_steps),

@@ -6,7 +6,10 @@ normal interval, which collapses to a point at 0 or n successes). Both policies 
 starts, so their difference is paired: Newcombe's hybrid score interval for paired proportions (1998,
 method 10) uses the two Wilson intervals and the correlation of the outcomes. The mean over tasks is a
 mean of independent per-task estimates: its interval is the normal one with the summed per-task
-variances. Over seeds, mean and sample standard deviation (ddof 1), as the paper reports.
+variances, each taken at an adjusted estimate so that a task with 0 or n successes (or no discordant
+pair) still carries its uncertainty: a rate's at its Wilson centre, a paired difference's with one
+pseudo-pair of each sign added. Over seeds, mean and sample standard deviation (ddof 1), as the paper
+reports.
 """
 from __future__ import annotations
 
@@ -53,10 +56,12 @@ def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 
 
 
 def mean_rate_over_tasks(successes: Sequence[int], ns: Sequence[int], z: float = Z95) -> dict:
-    """The unweighted mean of per-task rates and its normal interval (independent tasks)."""
+    """The unweighted mean of per-task rates and its normal interval (independent tasks; each task's variance
+    at its Wilson centre)."""
     k, n = np.asarray(successes, float), np.asarray(ns, float)
     rates = k / n
-    se = math.sqrt(float(np.sum(rates * (1 - rates) / n))) / len(rates)
+    centre = (k + z * z / 2) / (n + z * z)
+    se = math.sqrt(float(np.sum(centre * (1 - centre) / n))) / len(rates)
     mean = float(np.mean(rates))
     return {"mean": mean, "interval": (max(0.0, mean - z * se), min(1.0, mean + z * se))}
 
@@ -64,10 +69,10 @@ def mean_rate_over_tasks(successes: Sequence[int], ns: Sequence[int], z: float =
 def mean_paired_difference_over_tasks(pairs: Sequence[tuple[Sequence[bool], Sequence[bool]]],
                                       z: float = Z95) -> dict:
     """The mean over tasks of the per-task paired differences (second - first) and its normal interval,
-    each task's variance the plug-in variance of its per-episode differences over n."""
+    each task's variance that of its per-episode differences with a +1 and a -1 pseudo-pair added, over n."""
     diffs = [np.asarray(b, float) - np.asarray(a, float) for a, b in pairs]
     means = np.array([d.mean() for d in diffs])
-    se = math.sqrt(sum(float(d.var()) / d.size for d in diffs)) / len(diffs)
+    se = math.sqrt(sum(float(np.append(d, [1.0, -1.0]).var()) / d.size for d in diffs)) / len(diffs)
     mean = float(means.mean())
     return {"mean": mean, "interval": (max(-1.0, mean - z * se), min(1.0, mean + z * se))}
 

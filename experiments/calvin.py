@@ -22,6 +22,7 @@ def _paper() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = "paper"
     c.seed = 0
+    c.seeds = 1  # fine-tuning seeds per task (seed index k: its own PPO key and start pool), evaluated alike
     c.tasks = TASKS
 
     # ---- data set (CALVIN on-disk format) -----------------------------------------------------
@@ -180,7 +181,14 @@ def _paper() -> ml_collections.ConfigDict:
     # ---- closed-loop evaluation (spec section 7) ----------------------------------------------
     c.eval = ml_collections.ConfigDict()
     c.eval.max_steps = 72
-    c.eval.max_episodes = 0  # 0: one per validation window of the task
+    # Fixed start lists per task, made once in <workdir>/starts/ and shared by every policy, seed and rerun:
+    # `validation` = the first state of each validation window of the task (CALVIN's protocol; the periodic
+    # list is taken out of them first), `simulator` = starts sampled from the task's start distribution
+    # with a stream of eval.start_seed (never config.seed), disjoint from fine-tuning's start pools.
+    c.eval.start_source = "validation"
+    c.eval.episodes = 0  # final list size (validation: at most; 0 = every window left)
+    c.eval.periodic_episodes = 10  # the smaller list of fine-tuning's periodic evaluations (the curves)
+    c.eval.start_seed = 0
     c.eval.deterministic = True
     c.eval.filter_every_frame = True  # 4-frame WM filtering per chunk (paper era)
 
@@ -236,7 +244,9 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     c.ppo.n_start_states = 64
     c.ppo.ckpt_every = 25
     c.ppo.critic_dim = 128
-    c.eval.max_episodes = 20
+    c.eval.start_source = "simulator"
+    c.eval.episodes = 100
+    c.eval.periodic_episodes = 10
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
@@ -295,7 +305,9 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.ppo.ckpt_every = 1
     c.ppo.critic_dim = 16
     c.eval.max_steps = 12
-    c.eval.max_episodes = 2
+    c.eval.start_source = "simulator"
+    c.eval.episodes = 3
+    c.eval.periodic_episodes = 2
     c.log.progress = False
 
 

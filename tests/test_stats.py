@@ -48,12 +48,16 @@ def test_paired_interval_is_narrower_than_unpaired_when_outcomes_agree():
 
 def test_means_over_tasks_and_seeds_equal_hand_computations():
     out = stats.mean_rate_over_tasks([2, 8], [10, 20])
-    se = math.sqrt(0.2 * 0.8 / 10 + 0.4 * 0.6 / 20) / 2
+    z2 = stats.Z95 ** 2
+    c1, c2 = (2 + z2 / 2) / (10 + z2), (8 + z2 / 2) / (20 + z2)  # Wilson centres
+    se = math.sqrt(c1 * (1 - c1) / 10 + c2 * (1 - c2) / 20) / 2
     assert out["mean"] == pytest.approx(0.3)
     assert out["interval"] == pytest.approx((0.3 - stats.Z95 * se, 0.3 + stats.Z95 * se))
+    assert stats.mean_rate_over_tasks([0, 0], [10, 10])["interval"][1] > 0.05  # 0 of n is not certainty
     pairs = [([0, 0, 1, 1], [1, 0, 1, 1]), ([1, 1], [0, 1])]  # differences [1, 0, 0, 0] and [-1, 0]
     out = stats.mean_paired_difference_over_tasks(pairs)
-    se = math.sqrt(0.1875 / 4 + 0.25 / 2) / 2
+    # with the pseudo-pairs: [1, 0, 0, 0, 1, -1] (mean 1/6, variance 1/2 - 1/36), [-1, 0, 1, -1] (mean -1/4, var 3/4 - 1/16)
+    se = math.sqrt((0.5 - 1 / 36) / 4 + (0.75 - 1 / 16) / 2) / 2
     assert out["mean"] == pytest.approx((0.25 - 0.5) / 2)
     assert out["interval"] == pytest.approx((-0.125 - stats.Z95 * se, -0.125 + stats.Z95 * se))
     seeds = stats.over_seeds([0.2, 0.4, 0.6])

@@ -1,56 +1,117 @@
 """The ``evaluate`` stage: pre-trained vs fine-tuned success in the simulator, and the run's result table.
 
-Per task, both policies are evaluated on the same validation start states with the same evaluation key
-(``stage_key(config, "evaluate/<task>")``, as fine-tuning's periodic evaluations): the pre-trained one (the fine-tuned denoiser steps are the pre-trained
-params, ``actor_ft = actor_pre``) and the fine-tuned one (the last fine-tuning checkpoint). Imagined success
-and fine-tuning's simulator-step count come from the finetune stage, wall times from the stage markers.
+Per task, every policy is evaluated on the task's *final* start list (``start_lists``: stored once in the
+workdir, the same for every policy, seed and rerun) with the same evaluation key
+(``stage_key(config, "evaluate/<task>")``): the pre-trained policy (the fine-tuned denoiser steps are the
+pre-trained params, ``actor_ft = actor_pre``) once, and the fine-tuned policy of every fine-tuning seed
+(the *last* checkpoint of each run, never the best of several). Episode i of every policy starts from
+start i, so differences are paired (``diwa_jax.stats``). Imagined success and fine-tuning's simulator-step
+count come from the finetune stage, wall times from the stage markers.
 
-Writes ``<workdir>/results.json``, ``<workdir>/results.md`` (the table, also printed) and
-``<workdir>/success_curves.png`` (imagined and real success over fine-tuning iterations per task). With
-``config.log.video``, also each policy's real vs imagined episode from the task's first evaluation start
-(``diwa_jax/videos.py``) to TensorBoard under ``<workdir>/evaluate`` and ``<workdir>/videos/<task>_<policy>.gif``;
-their simulator steps count as evaluation steps.
+``evaluate_stored`` is the one evaluation both this stage and ``python -m diwa_jax.stages.evaluate``
+(re-evaluate one stored policy of a finished workdir) run, so the two give the same numbers.
+
+Writes ``<workdir>/results.json`` (every number of the table, the seeds, the start list and each policy's
+per-episode outcomes), ``<workdir>/results.md`` (the table, also printed) and ``<workdir>/success_curves.png``
+(imagined and real success over fine-tuning iterations per task and seed, real with Wilson intervals).
+With ``config.log.video``, also each policy's real vs imagined episode from the task's first final start
+(``diwa_jax/videos.py``, fine-tuning seed 0) to TensorBoard under ``<workdir>/evaluate`` and
+``<workdir>/videos/<task>_<policy>.gif``; their simulator steps count as evaluation steps.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 import time
 
+import ml_collections
 import numpy as np
 
-from diwa_jax import artifacts
+from diwa_jax import artifacts, stats
 from diwa_jax.atomic import atomic_write, write_json
-from diwa_jax.data.calvin_format import CalvinSplit
-from diwa_jax.config import stage_key
+from diwa_jax.config import finalize, stage_key
+from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, make_env
+from diwa_jax.stages.start_lists import LISTS, start_list
 from diwa_jax.videos import write_task_videos
+
+POLICIES = ("pretrained", "finetuned")
+
+
+def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list_name: str = "final",
+                    ft_steps: int | None = None, env, world_model, cache_stats) -> dict:
+    """One stored policy of the workdir (``pretrained``, or ``finetuned`` of fine-tuning seed ``seed_index``)
+    on ``task``'s start list ``list_name``, with the evaluation key of that list. ``ft_steps`` (K') other than
+    the one the fine-tuned policy was trained with is refused (``artifacts.load_finetuned_actor``)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    schedule, actor_pre = artifacts.load_policy(config, task)
+    actor_ft = (actor_pre if policy == "pretrained" else
+                artifacts.load_finetuned_actor(config, task, seed_index, ft_steps))
+    starts = start_list(config, task, list_name)
+    purpose = f"evaluate/{task}" if list_name == "final" else f"evaluate/{task}/{list_name}"
+    result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, actor_ft, key=stage_key(config, purpose),
+                             env=env, world_model=world_model, stats=cache_stats, starts=starts.states)
+    return {**result, "start_list": starts.describe()}
+
+
+def _rate(result: dict) -> dict:
+    n, k = result["episodes"], result["successes"]
+    return {"episodes": n, "successes": k, "rate": k / n, "interval": stats.wilson_interval(k, n),
+            "mean_steps": result["mean_steps"], "episode_success": [bool(x) for x in result["episode_success"]]}
 
 
 def _percent(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _with_interval(rate: float, interval, signed: bool = False) -> str:
+    fmt = (lambda x: f"{100 * x:+.1f}") if signed else (lambda x: f"{100 * x:.1f}")  # noqa: E731
+    return f"{fmt(rate)} [{fmt(interval[0])}, {fmt(interval[1])}]"
+
+
 def results_table(results: dict) -> str:
-    """The markdown table: one row per task and the mean over tasks, then the simulator-step line."""
-    lines = ["| task | episodes | pre-trained % | fine-tuned % | gain | imagined % |",
-             "|---|---|---|---|---|---|"]
-    rows = [(name, r, r["episodes"]) for name, r in results["tasks"].items()]
-    rows.append(("**mean over tasks**", results["mean"], f"{results['mean']['episodes']} (total)"))
-    for name, r, episodes in rows:
-        gain = r["gain"]
-        lines.append(f"| {name} | {episodes} | {_percent(r['pretrained_success'])} | "
-                     f"{_percent(r['finetuned_success'])} | {'-' if gain is None else f'{100 * gain:+.1f}'} | "
-                     f"{_percent(r['imagined_success'])} |")
+    """The markdown table: one row per task and the mean over tasks (95% intervals: Wilson per rate,
+    Newcombe's paired one per gain; with several seeds, mean ± std over seeds), then a per-seed table."""
+    seeds = results["seeds"]
+    rows = list(results["tasks"].items()) + [("**mean over tasks**", results["mean"])]
+    if seeds == 1:
+        lines = ["| task | episodes | pre-trained % [95% CI] | fine-tuned % [95% CI] | gain, points [paired 95% CI] "
+                 "| imagined % |", "|---|---|---|---|---|---|"]
+        for name, r in rows:
+            ft = r["finetuned"][0]
+            lines.append(f"| {name} | {r['episodes']} | {_with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
+                         f"| {_with_interval(ft['rate'], ft['interval'])} | {_with_interval(ft['gain'], ft['gain_interval'], True)} "
+                         f"| {_percent(r['imagined_success']['mean'])} |")
+    else:
+        lines = [f"| task | episodes per policy | pre-trained % [95% CI] | fine-tuned %, mean ± std over {seeds} seeds "
+                 "| gain, points, mean ± std | seeds better | imagined %, mean |", "|---|---|---|---|---|---|---|"]
+        for name, r in rows:
+            f, g = r["finetuned_over_seeds"], r["gain_over_seeds"]
+            lines.append(f"| {name} | {r['episodes']} | {_with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
+                         f"| {100 * f['mean']:.1f} ± {100 * f['std']:.1f} | {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} "
+                         f"| {r['seeds_better']} of {seeds} | {_percent(r['imagined_success']['mean'])} |")
+        lines += ["", "Per fine-tuning seed: fine-tuned % [95% CI] / gain, points [paired 95% CI]", "",
+                  "| task | " + " | ".join(f"seed {k}" for k in range(seeds)) + " |", "|---|" + "---|" * seeds]
+        for name, r in rows:
+            cells = [f"{_with_interval(ft['rate'], ft['interval'])} / {_with_interval(ft['gain'], ft['gain_interval'], True)}"
+                     for ft in r["finetuned"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Simulator steps during fine-tuning: **{results['finetune_sim_steps']}** "
-                  f"(evaluation in this stage: {results['eval_sim_steps']}; seed {results['seed']}, "
-                  f"preset {results['preset']}, start states: {results['start_source']})."]
+                  f"(evaluation in this stage: {results['eval_sim_steps']}). Run seed {results['seed']}, fine-tuning "
+                  f"seeds {results['seeds']}, preset {results['preset']}; evaluation starts: {results['start_list']}, "
+                  f"start seed {results['start_seed']}; fine-tuning start pools: {results['start_source']}. The mean "
+                  "over tasks has a normal interval over independent tasks."]
     return "\n".join(lines)
 
 
-def plot_curves(path: str, curves: dict[str, list[dict]]) -> None:
-    """Imagined (every iteration) and real (evaluated iterations) success per task, one panel each."""
+def plot_curves(path: str, curves: dict[str, list[list[dict]]]) -> None:
+    """Imagined (every iteration) and real (evaluated iterations, periodic start list, Wilson 95% interval)
+    success per task, one panel each, one line per fine-tuning seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,13 +120,20 @@ def plot_curves(path: str, curves: dict[str, list[dict]]) -> None:
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (task, entries) in zip(axes.flat, curves.items()):
-        imagined = [(e["iteration"], 100 * e["imagined_success"]) for e in entries if e["imagined_success"] is not None]
-        real = [(e["iteration"], 100 * e["real_success"]) for e in entries if e["real_success"] is not None]
-        if imagined:
-            ax.plot(*zip(*imagined), label="imagined", color="tab:blue", linewidth=1)
-        if real:
-            ax.plot(*zip(*real), "o-", label="real (simulator)", color="tab:red")
+    for ax, (task, per_seed) in zip(axes.flat, curves.items()):
+        for k, entries in enumerate(per_seed):
+            imagined = [(e["iteration"], 100 * e["imagined_success"]) for e in entries if e["imagined_success"] is not None]
+            real = [e for e in entries if e["real_success"] is not None]
+            if imagined:
+                ax.plot(*zip(*imagined), color="tab:blue", linewidth=1, alpha=0.8,
+                        label="imagined" if k == 0 else None)
+            if real:
+                x = np.array([e["iteration"] for e in real], float) + 0.8 * k
+                y = np.array([100 * e["real_success"] for e in real])
+                bounds = np.array([stats.wilson_interval(round(e["real_success"] * e["eval_episodes"]), e["eval_episodes"])
+                                   for e in real]) * 100
+                ax.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], fmt="o-", color="tab:red", capsize=2,
+                            markersize=3, alpha=0.8, label="real (simulator, 95% CI)" if k == 0 else None)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("PPO iteration")
         ax.set_ylabel("success %")
@@ -81,62 +149,94 @@ def plot_curves(path: str, curves: dict[str, list[dict]]) -> None:
     os.replace(tmp, path)
 
 
+def _task_results(config, task: str, pre: dict, finetuned: list[dict]) -> dict:
+    """One task's entry of results.json from its pre-trained and per-seed fine-tuned evaluations."""
+    pre_rate = _rate(pre)
+    per_seed = []
+    for k, ft in enumerate(finetuned):
+        rate = _rate(ft)
+        paired = stats.paired_difference(pre_rate["episode_success"], rate["episode_success"])
+        summary = artifacts.finetune_summary(config, task, k)
+        per_seed.append({**rate, "seed_index": k, "gain": paired["difference"], "gain_interval": paired["interval"],
+                         "imagined_success": summary["imagined_success"],
+                         "imagined_success_first": summary["imagined_success_first"],
+                         "finetune_iterations": summary["iterations"], "finetune_wall_time_s": summary["wall_time_s"],
+                         "finetune_sim_steps": summary["finetune_sim_steps"]})
+    imagined = [ft["imagined_success"] for ft in per_seed if ft["imagined_success"] is not None]
+    return {
+        "episodes": pre_rate["episodes"], "pretrained": pre_rate, "finetuned": per_seed,
+        "finetuned_over_seeds": stats.over_seeds([ft["rate"] for ft in per_seed]),
+        "gain_over_seeds": stats.over_seeds([ft["gain"] for ft in per_seed]),
+        "seeds_better": int(sum(ft["gain"] > 0 for ft in per_seed)),
+        "imagined_success": stats.over_seeds(imagined) if imagined else {"mean": None},
+        "finetune_sim_steps": int(sum(ft["finetune_sim_steps"] for ft in per_seed)),
+        "eval_sim_steps": int(pre["sim_steps"] + sum(ft["sim_steps"] for ft in finetuned)),
+    }
+
+
+def _mean_results(tasks: dict, seeds: int) -> dict:
+    """The mean over tasks: per seed with its interval, and over seeds."""
+    rows = list(tasks.values())
+    mean_of = lambda rates: stats.mean_rate_over_tasks([r["successes"] for r in rates], [r["episodes"] for r in rates])  # noqa: E731
+    pre = mean_of([r["pretrained"] for r in rows])
+    per_seed = []
+    for k in range(seeds):
+        ft = mean_of([r["finetuned"][k] for r in rows])
+        gain = stats.mean_paired_difference_over_tasks(
+            [(r["pretrained"]["episode_success"], r["finetuned"][k]["episode_success"]) for r in rows])
+        per_seed.append({"seed_index": k, "rate": ft["mean"], "interval": ft["interval"], "gain": gain["mean"],
+                         "gain_interval": gain["interval"],
+                         "tasks_improved": int(sum(r["finetuned"][k]["gain"] > 0 for r in rows))})
+    imagined = [r["imagined_success"]["mean"] for r in rows if r["imagined_success"]["mean"] is not None]
+    return {
+        "episodes": int(sum(r["episodes"] for r in rows)), "pretrained": {"rate": pre["mean"], "interval": pre["interval"]},
+        "finetuned": per_seed, "finetuned_over_seeds": stats.over_seeds([s["rate"] for s in per_seed]),
+        "gain_over_seeds": stats.over_seeds([s["gain"] for s in per_seed]),
+        "seeds_better": int(sum(s["gain"] > 0 for s in per_seed)),
+        "imagined_success": {"mean": float(np.mean(imagined)) if imagined else None},
+    }
+
+
 def evaluate_stage(config) -> dict:
-    """Stage runner: evaluate, tabulate, plot; returns the results (also ``results.json``)."""
+    """Stage runner: evaluate, tabulate, plot; returns the results' headline (all of it in ``results.json``)."""
     started = time.time()
     world_model = artifacts.load_world_model(config)
-    caches = artifacts.caches(config)
-    stats = caches["training"].stats
-    validation = CalvinSplit(artifacts.data_split_dir(config, "validation"))
-    spec = eval_spec(config)
+    cache_stats = artifacts.caches(config)["training"].stats
     env = make_env(config)
     videos = (MetricLogger(artifacts.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
               if config.log.video else None)
-    tasks, curves = {}, {}
+    tasks, curves, video_sim_steps = {}, {}, 0
+    common = dict(env=env, world_model=world_model, cache_stats=cache_stats)
     try:
         for task in config.tasks:
-            starts = artifacts.start_states(config, task, validation, caches["validation"])
-            schedule, actor_pre = artifacts.load_policy(config, task)
-            actor_ft = artifacts.load_finetuned_actor(config, task)
-            common = dict(key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=stats,
-                          starts=starts)
-            pre = evaluate_policy(spec, task, schedule, actor_pre, actor_pre, **common)
-            ft = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, **common)
-            video_sim_steps = 0 if videos is None else write_task_videos(
-                spec, schedule, task, {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, actor_ft)},
-                videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR), **common)
-            finetuned = artifacts.finetune_summary(config, task)
-            curves[task] = artifacts.read_curve(config, task)
-            tasks[task] = {
-                "episodes": pre["episodes"], "seed": config.seed,
-                "pretrained_success": pre["success_rate"], "finetuned_success": ft["success_rate"],
-                "gain": ft["success_rate"] - pre["success_rate"],
-                "pretrained_successes": pre["successes"], "finetuned_successes": ft["successes"],
-                "pretrained_mean_steps": pre["mean_steps"], "finetuned_mean_steps": ft["mean_steps"],
-                "imagined_success": finetuned["imagined_success"],
-                "imagined_success_first": finetuned["imagined_success_first"],
-                "finetune_iterations": finetuned["iterations"],
-                "finetune_wall_time_s": finetuned["wall_time_s"],
-                "finetune_sim_steps": finetuned["finetune_sim_steps"],
-                "eval_sim_steps": pre["sim_steps"] + ft["sim_steps"] + video_sim_steps,
-            }
-            info(f"[evaluate] {task}: pre-trained {pre['success_rate']:.3f}, fine-tuned {ft['success_rate']:.3f} "
-                 f"({pre['episodes']} episodes)")
+            pre = evaluate_stored(config, task, "pretrained", **common)
+            finetuned = [evaluate_stored(config, task, "finetuned", seed_index=k, **common) for k in range(config.seeds)]
+            tasks[task] = _task_results(config, task, pre, finetuned)
+            curves[task] = [artifacts.read_curve(config, task, k) for k in range(config.seeds)]
+            if videos is not None:
+                schedule, actor_pre = artifacts.load_policy(config, task)
+                policies = {"pretrained": (actor_pre, actor_pre),
+                            "finetuned": (actor_pre, artifacts.load_finetuned_actor(config, task, 0))}
+                video_sim_steps += write_task_videos(
+                    eval_spec(config), schedule, task, policies, videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR),
+                    key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=cache_stats,
+                    starts=start_list(config, task, "final").states)
+            t = tasks[task]
+            finetuned_rates = ", ".join(f"{ft['rate']:.3f}" for ft in t["finetuned"])
+            info(f"[evaluate] {task}: pre-trained {t['pretrained']['rate']:.3f}, fine-tuned {finetuned_rates} "
+                 f"({t['episodes']} episodes each, "
+                 f"{pre['start_list']})")
     finally:
         env.close()
         if videos is not None:
             videos.close()
-    mean = lambda key: float(np.mean([t[key] for t in tasks.values()]))  # noqa: E731
-    imagined = [t["imagined_success"] for t in tasks.values() if t["imagined_success"] is not None]
     results = {
-        "preset": config.preset, "seed": config.seed, "start_source": config.ppo.start_source,
-        "tasks": tasks,
-        "mean": {"episodes": int(sum(t["episodes"] for t in tasks.values())),
-                 "pretrained_success": mean("pretrained_success"), "finetuned_success": mean("finetuned_success"),
-                 "gain": mean("gain"), "imagined_success": float(np.mean(imagined)) if imagined else None},
-        "tasks_improved": int(sum(t["gain"] > 0 for t in tasks.values())),
+        "preset": config.preset, "seed": config.seed, "seeds": config.seeds,
+        "start_list": f"the final lists of {config.eval.start_source} starts",
+        "start_seed": config.eval.start_seed, "start_source": config.ppo.start_source,
+        "tasks": tasks, "mean": _mean_results(tasks, config.seeds),
         "finetune_sim_steps": int(sum(t["finetune_sim_steps"] for t in tasks.values())),
-        "eval_sim_steps": int(sum(t["eval_sim_steps"] for t in tasks.values())),
+        "eval_sim_steps": int(sum(t["eval_sim_steps"] for t in tasks.values()) + video_sim_steps),
         "wall_time_s": {**artifacts.stage_wall_times(config), "evaluate": round(time.time() - started, 1)},
     }
     table = results_table(results)
@@ -145,5 +245,57 @@ def evaluate_stage(config) -> dict:
     atomic_write(artifacts.workdir_file(config, artifacts.RESULTS_MD), lambda f: f.write(markdown))
     plot_curves(artifacts.workdir_file(config, artifacts.CURVES_PNG), curves)
     info(table)
-    return {"mean": results["mean"], "tasks_improved": results["tasks_improved"],
-            "finetune_sim_steps": results["finetune_sim_steps"]}
+    mean = results["mean"]
+    return {"pretrained_success": mean["pretrained"]["rate"], "finetuned_success": mean["finetuned_over_seeds"],
+            "gain": mean["gain_over_seeds"], "finetune_sim_steps": results["finetune_sim_steps"]}
+
+
+# ---- standalone re-evaluation -----------------------------------------------------------------------------
+
+def workdir_config(workdir: str) -> ml_collections.FrozenConfigDict:
+    """The resolved config a finished run saved in ``<workdir>/config.json``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no resolved config; is {workdir} the --workdir of a run?")
+    with open(path) as f:
+        saved = json.load(f)
+    saved.pop("derived", None)
+    return finalize(ml_collections.ConfigDict(saved), workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m diwa_jax.stages.evaluate",
+        description="Re-evaluate one stored policy of a finished workdir on a task's stored start list; prints "
+                    "the result as JSON (the evaluate stage's numbers for the same policy and list).")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--policy", choices=POLICIES, default="finetuned")
+    parser.add_argument("--seed_index", type=int, default=0, help="fine-tuning seed (0 .. config.seeds - 1)")
+    parser.add_argument("--starts", choices=LISTS, default="final", help="which stored start list")
+    parser.add_argument("--ft_denoising_steps", type=int, default=None,
+                        help="K' to sample with (refused unless it is the one the policy was fine-tuned with)")
+    args = parser.parse_args(argv)
+    try:
+        config = workdir_config(args.workdir)
+        if args.task not in config.tasks:
+            raise ValueError(f"--task {args.task!r}: the run has tasks {', '.join(config.tasks)}")
+        env = make_env(config)
+        try:
+            result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
+                                     ft_steps=args.ft_denoising_steps, env=env,
+                                     world_model=artifacts.load_world_model(config),
+                                     cache_stats=artifacts.caches(config)["training"].stats)
+        finally:
+            env.close()
+    except (ExpectedFailure, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rate = _rate(result)
+    print(json.dumps({"task": args.task, "policy": args.policy, "seed_index": args.seed_index,
+                      "start_list": result["start_list"], **rate}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,45 +1,50 @@
 """The ``finetune`` stage: PPO on the Dream Diffusion MDP, all in imagination (spec sections 4.2, 6.2).
 
-Per task: the world model, the reward classifier and the pre-trained (EMA) denoiser from the stages before;
-a pool of ``ppo.n_start_states`` start latents; then ``ppo.iterations`` jitted PPO iterations through the
-resumable loop (checkpoints every ``ppo.ckpt_every``; a rerun resumes exactly).
+Per task and fine-tuning seed ``k`` (``0 .. config.seeds - 1``): the world model, the reward classifier and
+the pre-trained (EMA) denoiser from the stages before; a pool of ``ppo.n_start_states`` start latents; then
+``ppo.iterations`` jitted PPO iterations through the resumable loop (checkpoints every ``ppo.ckpt_every``;
+a rerun resumes exactly). Seed ``k`` has its own PPO key (``stage_key(config, "finetune/<task>/seed<k>")``)
+and its own start pool; the seeds run one after another.
 
 Start pool (``ppo.start_source``):
-  ``simulator`` (the original): random task starts from ``sample_start_state`` with their own numpy stream
-    (never the evaluation starts, which are the validation windows' first states), each rendered once by a
-    simulator reset and encoded by a reset posterior step (zero action, gripper open), as an evaluation
-    episode encodes its first frame. The simulator is reset and rendered, never stepped.
+  ``simulator`` (the original): random task starts from the numpy stream (config.seed, crc32(task),
+    START_STREAM, k), never one of the evaluation start lists (their streams have another number and no
+    config.seed), each rendered once by a simulator reset and encoded by a reset posterior step (zero
+    action, gripper open), as an evaluation episode encodes its first frame. The simulator is reset and
+    rendered, never stepped.
   ``dataset`` (purely offline): the featurized latents at the first frame of the task's training windows.
 The pool is saved in ``start_pool.npz`` on first use, so a resumed run starts from the same latents.
 
 Every ``ppo.eval_every`` iterations, at the end, and once before the first (iteration 0 = the pre-trained
-policy) the current actor is evaluated in the simulator on the task's validation start states. Those
-simulator steps are counted apart from fine-tuning's own (which must be, and are counted as, zero).
+policy) the current actor is evaluated in the simulator on the task's *periodic* start list
+(``start_lists``), never the final one the result table uses. Those simulator steps are counted apart from
+fine-tuning's own (which must be, and are counted as, zero).
 
-Writes ``<workdir>/finetune/<task>/``: ``checkpoints/`` (the ``FinetuneState``), ``metrics.jsonl``,
+Writes ``<workdir>/finetune/<task>/seed<k>/``: ``checkpoints/`` (the ``FinetuneState``), ``metrics.jsonl``,
 ``start_pool.npz``, ``curve.json`` (one entry per iteration: imagined success of the episodes that ended in
-that iteration's rollout, and real success where evaluated) and the task's completion marker
-(``artifacts.DONE``, its summary, written last).
+that iteration's rollout, and real success where evaluated) and the run's completion marker
+(``artifacts.DONE``, its summary and the sampler settings the policy was trained for, written last).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import jax
 import numpy as np
 
 from diwa_jax import artifacts, distributed
+from diwa_jax.stages.start_lists import sampled_starts, start_list, task_stream
 from diwa_jax.atomic import atomic_write
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
-from diwa_jax.envs.oracle import task_index
 from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.specs import eval_spec, finetune_spec, make_env
+from diwa_jax.specs import eval_spec, finetune_spec, make_env, sampler_record
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
@@ -64,13 +69,10 @@ class CountingEnv:
 
 # ---- start pool ---------------------------------------------------------------------------------------
 
-def simulator_start_states(config, task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(robot_obs (n, 15), scene_obs (n, 24))``: random starts of ``task`` from the stream
-    (seed, task, START_STREAM), which the evaluation's start states (validation windows) never come from."""
-    from diwa_jax.envs.playtable.skills import sample_start_state  # pybullet kinematics: import on use
-    rng = np.random.default_rng([config.seed, task_index(task), START_STREAM])
-    robot, scene = zip(*(sample_start_state(task, rng) for _ in range(n)))
-    return np.stack(robot), np.stack(scene)
+def simulator_start_states(config, task: str, n: int, seed_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(robot_obs (n, 15), scene_obs (n, 24))``: random starts of ``task`` for fine-tuning seed ``seed_index``,
+    from the stream (config.seed, crc32(task), START_STREAM, seed_index)."""
+    return sampled_starts(task, n, (config.seed, task_stream(task), START_STREAM, seed_index))
 
 
 def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:
@@ -81,13 +83,16 @@ def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key:
     return jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *latents)
 
 
-def build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> tuple[Latent, dict]:
-    """The start latents of ``task`` (``config.ppo.start_source``) and a description (source, count, states)."""
+def build_start_pool(config, task: str, seed_index: int, world_model: WorldModel, stats,
+                     env) -> tuple[Latent, dict]:
+    """The start latents of ``task`` (``config.ppo.start_source``) for fine-tuning seed ``seed_index`` and a
+    description (source, count, states)."""
     n = config.ppo.n_start_states
     if config.ppo.start_source == "simulator":
-        robot, scene = simulator_start_states(config, task, n)
+        robot, scene = simulator_start_states(config, task, n, seed_index)
         frames = [env.reset(robot_obs=r, scene_obs=s) for r, s in zip(robot, scene)]
-        pool = encode_start_frames(world_model, stats, frames, stage_key(config, f"finetune/{task}/start_pool"),
+        pool = encode_start_frames(world_model, stats, frames,
+                                   stage_key(config, f"finetune/{task}/seed{seed_index}/start_pool"),
                                    config.data.image_size)
         return pool, {"robot_obs": robot, "scene_obs": scene}
     split = CalvinSplit(artifacts.data_split_dir(config, "training"))
@@ -96,17 +101,18 @@ def build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> 
     if len(windows) == 0:
         raise DataError(f"{split.dir}: no annotation windows of task '{task}' for config.ppo.start_source="
                         "'dataset'; collect more data or use start_source='simulator'")
-    rows = select_windows(windows, n, config.seed)[:, 0]
+    rows = select_windows(windows, n, config.seed + seed_index)[:, 0]
     return artifacts.load_features(config, "training").latent(rows), {"rows": rows}
 
 
-def load_or_build_start_pool(config, task: str, world_model: WorldModel, stats, env) -> Latent:
-    """The saved pool of an earlier (interrupted) run of the task, else a new one, saved."""
-    pool = artifacts.load_start_pool(config, task)
+def load_or_build_start_pool(config, task: str, seed_index: int, world_model: WorldModel, stats, env) -> Latent:
+    """The saved pool of an earlier (interrupted) run, else a new one, saved."""
+    pool = artifacts.load_start_pool(config, task, seed_index)
     if pool is not None:
         return pool
-    pool, described = build_start_pool(config, task, world_model, stats, env)
-    atomic_write(artifacts.start_pool_path(config, task), lambda f: np.savez(f, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described))
+    pool, described = build_start_pool(config, task, seed_index, world_model, stats, env)
+    atomic_write(artifacts.start_pool_path(config, task, seed_index),
+                 lambda f: np.savez(f, deter=np.asarray(pool.deter), stoch=np.asarray(pool.stoch), **described))
     return pool
 
 
@@ -138,39 +144,42 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
 
 # ---- one task -----------------------------------------------------------------------------------------
 
-def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_starts: tuple) -> dict:
-    """Fine-tune ``task``'s policy (resuming from its checkpoints); returns the task's summary."""
+def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, stats, env) -> dict:
+    """Fine-tune ``task``'s policy under fine-tuning seed ``seed_index`` (resuming from its checkpoints);
+    returns the run's summary."""
     started = time.time()
     ppo = config.ppo
     schedule, actor_pre = artifacts.load_policy(config, task)
     models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
+    eval_starts = start_list(config, task, "periodic")
     counting = CountingEnv(env)
-    pool = load_or_build_start_pool(config, task, world_model, stats, counting)
-    state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}"), actor_pre, pool)
+    pool = load_or_build_start_pool(config, task, seed_index, world_model, stats, counting)
+    state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}/seed{seed_index}"),
+                                  actor_pre, pool)
     iteration = make_mesh_iteration(config, models, pool, state)
     eval_steps = 0
 
     def evaluate(actor) -> dict:
         nonlocal eval_steps
         result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, jax.device_get(actor),
-                                 key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model,
-                                 stats=stats, starts=eval_starts)
+                                 key=stage_key(config, f"evaluate/{task}/periodic"), env=env,
+                                 world_model=world_model, stats=stats, starts=eval_starts.states)
         eval_steps += result["sim_steps"]
         return result
 
-    out = artifacts.task_dir(config, "finetune", task)
+    out = artifacts.finetune_dir(config, task, seed_index)
     with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
-            Checkpointer(artifacts.checkpoint_dir(config, "finetune", task), config=config.to_dict()) as ck:
+            Checkpointer(os.path.join(out, artifacts.CHECKPOINTS), config=config.to_dict()) as ck:
         resumed_from = ck.latest_step() or 0
         # entries after the checkpoint the loop resumes from are recomputed, identically
-        curve = [e for e in artifacts.read_curve(config, task) if e["iteration"] <= resumed_from]
+        curve = [e for e in artifacts.read_curve(config, task, seed_index) if e["iteration"] <= resumed_from]
         if not curve:
             result = evaluate(actor_pre)  # iteration 0: the pre-trained policy
             curve = [{"iteration": 0, "imagined_success": None, "imagined_episodes": 0,
                       "real_success": result["success_rate"], "eval_episodes": result["episodes"]}]
-            logger.scalars(0, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/")
-            artifacts.write_curve(config, task, curve)
+            logger.scalars(0, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/seed{seed_index}/")
+            artifacts.write_curve(config, task, seed_index, curve)
 
         def on_log(done: int, state: FinetuneState, mean: dict) -> None:
             entry = {"iteration": done, "imagined_success": mean["success_rate"],
@@ -178,17 +187,18 @@ def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_s
             if done % ppo.eval_every == 0 or done == ppo.iterations:
                 result = evaluate(state.actor)
                 entry.update(real_success=result["success_rate"], eval_episodes=result["episodes"])
-                logger.scalars(done, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/")
-                info(f"[finetune] {task} iteration {done}: imagined success {mean['success_rate']:.3f}, "
+                logger.scalars(done, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/seed{seed_index}/")
+                info(f"[finetune] {task} seed {seed_index} iteration {done}: imagined success {mean['success_rate']:.3f}, "
                      f"real success {result['success_rate']:.3f} ({result['episodes']} episodes)")
             curve.append(entry)
-            artifacts.write_curve(config, task, curve)
+            artifacts.write_curve(config, task, seed_index, curve)
 
-        state = run_loop(name=f"finetune/{task}", state=state, update=lambda s, _: iteration(s),
+        state = run_loop(name=f"finetune/{task}/seed{seed_index}", state=state, update=lambda s, _: iteration(s),
                          batch_fn=lambda step: None, num_steps=ppo.iterations, checkpointer=ck, logger=logger,
                          log_every=1, ckpt_every=ppo.ckpt_every, on_log=on_log, show_progress=config.log.progress)
     final = curve[-1]
     summary = {
+        "seed_index": seed_index,
         "iterations": int(state.step),
         "resumed_from": resumed_from,
         "imagined_success": final["imagined_success"],
@@ -200,6 +210,8 @@ def finetune_task(config, task: str, world_model: WorldModel, stats, env, eval_s
         "finetune_sim_steps": counting.steps,  # fine-tuning's own simulator steps: zero by construction
         "start_frames_rendered": counting.resets,  # resets only (0 when the pool was reloaded or offline)
         "eval_sim_steps": eval_steps,  # this session's periodic evaluations, counted apart
+        "periodic_starts": eval_starts.describe(),
+        "sampler": sampler_record(config, config.policy.ft_denoising_steps),  # checked by every evaluation
         "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
         "wall_time_s": round(time.time() - started, 1),
     }
@@ -212,17 +224,16 @@ def finetune(config) -> dict:
     world_model = artifacts.load_world_model(config)
     caches = artifacts.caches(config)
     stats = caches["training"].stats
-    validation = CalvinSplit(artifacts.data_split_dir(config, "validation"))
     env = make_env(config)
     summary = {}
     try:
         for task in config.tasks:
-            eval_starts = artifacts.start_states(config, task, validation, caches["validation"])
-            summary[task] = finetune_task(config, task, world_model, stats, env, eval_starts)
-            s = summary[task]
-            info(f"[finetune] {task}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined success "
-                 f"{s['imagined_success_first']} -> {s['imagined_success']}, real {s['real_success_pretrained']} -> "
-                 f"{s['real_success_final']}, simulator steps while fine-tuning: {s['finetune_sim_steps']}")
+            for k in range(config.seeds):
+                s = summary[f"{task}/seed{k}"] = finetune_task(config, task, k, world_model, stats, env)
+                info(f"[finetune] {task} seed {k}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined "
+                     f"success {s['imagined_success_first']} -> {s['imagined_success']}, real (periodic list) "
+                     f"{s['real_success_pretrained']} -> {s['real_success_final']}, simulator steps while "
+                     f"fine-tuning: {s['finetune_sim_steps']}")
     finally:
         env.close()
     summary["finetune_sim_steps"] = sum(s["finetune_sim_steps"] for s in summary.values())
