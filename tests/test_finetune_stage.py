@@ -1,8 +1,9 @@
-"""The finetune and evaluate stages end to end: one `launch.py` command on the tiny preset runs all seven
-stages and writes the result table with consistent numbers and zero simulator steps during fine-tuning;
-the simulator start pool is rendered from non-evaluation starts and encoded like an evaluation's first
-frame; the offline pool holds the training windows' first latents; and a fine-tuning run interrupted
-mid-way and rerun ends with the same checkpoint and curve as the uninterrupted run."""
+"""The finetune and evaluate stages end to end: one `launch.py` command on the tiny preset (two fine-tuning
+seeds) runs all seven stages and writes the result table with consistent numbers, intervals and zero
+simulator steps during fine-tuning; the simulator start pool is rendered from starts of no evaluation list
+and encoded like an evaluation's first frame; the offline pool holds the training windows' first latents;
+a stored policy re-evaluated standalone gives the table's numbers; a wrong K' is refused; and a fine-tuning
+run interrupted mid-way and rerun ends with the same checkpoint and curve as the uninterrupted run."""
 import json
 import os
 import shutil
@@ -20,19 +21,25 @@ from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.data.batching import select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.artifacts import data_split_dir as split_dir
-from diwa_jax.artifacts import load_features, load_policy, start_states
+from diwa_jax.artifacts import load_features, load_policy
+from diwa_jax.errors import CheckpointError
 from diwa_jax.finetune.agent import create_finetune_state
+from diwa_jax.stages import evaluate as evaluate_stage
 from diwa_jax.stages import finetune as stage
+from diwa_jax.stages.start_lists import start_list
+from diwa_jax.stats import paired_difference, wilson_interval
 from diwa_jax.training import restore_state
 from diwa_jax.types import Latent
 from experiments.calvin import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "move_slider_left"  # the tiny preset's one task
+SEEDS = 2  # fine-tuning seeds of the module's run
 
 
-def tiny(workdir, **ppo):
+def tiny(workdir, seeds=SEEDS, **ppo):
     c = get_config("tiny")
+    c.seeds = seeds
     c.ppo.update(ppo)
     return configlib.finalize(c, str(workdir))
 
@@ -41,7 +48,7 @@ def tiny(workdir, **ppo):
 def full_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline") / "run"
     cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config",
-           os.path.join(REPO, "experiments", "calvin.py") + ":tiny", "--workdir", str(workdir)]
+           os.path.join(REPO, "experiments", "calvin.py") + ":tiny", "--workdir", str(workdir), f"--config.seeds={SEEDS}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
                          env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -60,53 +67,112 @@ def test_one_command_runs_every_stage_and_writes_the_results(full_run):
         assert (workdir / s.name / pipeline.MARKER).exists(), s.name
     results = read_json(workdir / "results.json")
     assert set(results["tasks"]) == {TASK} and results["seed"] == config.seed and results["preset"] == "tiny"
+    assert results["seeds"] == SEEDS
     r = results["tasks"][TASK]
-    assert r["episodes"] > 0 and r["episodes"] <= config.eval.max_episodes
-    for name in ("pretrained", "finetuned"):
-        assert r[f"{name}_success"] == pytest.approx(r[f"{name}_successes"] / r["episodes"])
-    assert r["gain"] == pytest.approx(r["finetuned_success"] - r["pretrained_success"])
-    # no simulator step while fine-tuning; the evaluation's own steps are there and bounded by the episode cap
-    assert results["finetune_sim_steps"] == 0 and r["finetune_sim_steps"] == 0
-    assert 0 < r["eval_sim_steps"] <= 2 * r["episodes"] * config.eval.max_steps
-    assert r["finetune_iterations"] == config.ppo.iterations
-    assert results["mean"]["finetuned_success"] == pytest.approx(r["finetuned_success"])
+    assert r["episodes"] == config.eval.episodes == len(start_list(config, TASK, "final"))
+    pre = r["pretrained"]
+    assert pre["rate"] == pytest.approx(sum(pre["episode_success"]) / r["episodes"])
+    assert pre["interval"] == list(wilson_interval(pre["successes"], r["episodes"]))
+    assert len(r["finetuned"]) == SEEDS
+    for k, ft in enumerate(r["finetuned"]):
+        assert ft["seed_index"] == k and ft["episodes"] == r["episodes"]
+        assert ft["rate"] == pytest.approx(ft["successes"] / r["episodes"])
+        paired = paired_difference(pre["episode_success"], ft["episode_success"])
+        assert ft["gain"] == pytest.approx(ft["rate"] - pre["rate"]) == pytest.approx(paired["difference"])
+        assert ft["gain_interval"] == list(paired["interval"])
+        assert ft["finetune_iterations"] == config.ppo.iterations and ft["finetune_sim_steps"] == 0
+        # the curve: iteration 0 (pre-trained, evaluated), every iteration's imagined success, real success at
+        # every eval_every-th and the last, on the periodic list; the table's imagined success is the last entry
+        curve = artifacts.read_curve(config, TASK, k)
+        assert [e["iteration"] for e in curve] == list(range(config.ppo.iterations + 1))
+        assert [e["iteration"] for e in curve if e["real_success"] is not None] == [0, 2, 3]  # eval_every 2, 3 its
+        assert all(e["eval_episodes"] == config.eval.periodic_episodes for e in curve if e["real_success"] is not None)
+        assert all(0.0 <= e["imagined_success"] <= 1.0 and e["imagined_episodes"] > 0 for e in curve[1:])
+        assert ft["imagined_success"] == curve[-1]["imagined_success"]
+        summary = read_json(artifacts.finetune_dir(config, TASK, k) + "/" + artifacts.DONE)
+        assert summary["start_frames_rendered"] == config.ppo.n_start_states  # the counter saw the resets ...
+        assert summary["finetune_sim_steps"] == 0  # ... and no step
+        assert summary["eval_sim_steps"] > 0 and summary["sampler"]["ft_steps"] == config.policy.ft_denoising_steps
+    # the two seeds fine-tune differently (own key, own start pool)
+    pools = [np.load(artifacts.start_pool_path(config, TASK, k))["scene_obs"] for k in range(SEEDS)]
+    assert not np.array_equal(pools[0], pools[1])
+    assert r["finetuned_over_seeds"]["mean"] == pytest.approx(np.mean([ft["rate"] for ft in r["finetuned"]]))
+    assert results["finetune_sim_steps"] == 0
+    assert 0 < r["eval_sim_steps"] <= (1 + SEEDS) * r["episodes"] * config.eval.max_steps
+    assert results["mean"]["finetuned"][0]["rate"] == pytest.approx(r["finetuned"][0]["rate"])
     assert set(results["wall_time_s"]) == set(pipeline.STAGE_NAMES)
 
-    # the curve: iteration 0 (pre-trained, evaluated), then every iteration's imagined success, real success at
-    # every eval_every-th and the last; the final real success is the evaluate stage's (same starts and key)
-    curve = artifacts.read_curve(config, TASK)
-    assert [e["iteration"] for e in curve] == list(range(config.ppo.iterations + 1))
-    evaluated = [e["iteration"] for e in curve if e["real_success"] is not None]
-    assert evaluated == [0, 2, 3]  # tiny: eval_every 2, 3 iterations
-    assert all(0.0 <= e["imagined_success"] <= 1.0 and e["imagined_episodes"] > 0 for e in curve[1:])
-    assert curve[0]["real_success"] == r["pretrained_success"] and curve[-1]["real_success"] == r["finetuned_success"]
-    assert r["imagined_success"] == curve[-1]["imagined_success"]
-    summary = read_json(workdir / "finetune" / TASK / artifacts.DONE)
-    assert summary["start_frames_rendered"] == config.ppo.n_start_states  # the counter saw the resets ...
-    assert summary["finetune_sim_steps"] == 0  # ... and no step
-    assert summary["eval_sim_steps"] > 0
-
     table = (workdir / "results.md").read_text()
-    header = "| task | episodes | pre-trained % | fine-tuned % | gain | imagined % |"
+    header = f"| fine-tuned %, mean ± std over {SEEDS} seeds |"
     assert header in table and header in stdout
-    row = (f"| {TASK} | {r['episodes']} | {100 * r['pretrained_success']:.1f} | {100 * r['finetuned_success']:.1f} | "
-           f"{100 * r['gain']:+.1f} | {100 * r['imagined_success']:.1f} |")
-    assert row in table and "mean over tasks" in table and "during fine-tuning: **0**" in table
+    lo, hi = pre["interval"]
+    assert f"| {TASK} | {r['episodes']} | {100 * pre['rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |" in table
+    assert "mean over tasks" in table and "during fine-tuning: **0**" in table and "seed 1" in table
     assert (workdir / "success_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_final_list_periodic_list_and_start_pools_share_no_start(full_run, tmp_path):
+    workdir, _ = full_run
+    config = tiny(workdir)
+    final, periodic = start_list(config, TASK, "final"), start_list(config, TASK, "periodic")
+    assert len(final) == config.eval.episodes and len(periodic) == config.eval.periodic_episodes
+    pools = [np.load(artifacts.start_pool_path(config, TASK, k))["scene_obs"] for k in range(SEEDS)]
+    lists = [final.scene_obs, periodic.scene_obs] + pools
+    for i, a in enumerate(lists):
+        for b in lists[i + 1:]:
+            assert not any(np.allclose(x, y) for x in a for y in b)
+    # the lists do not depend on the run's seed (every seed is judged on the same starts)
+    c = get_config("tiny")
+    c.seed = 5
+    elsewhere = configlib.finalize(c, str(tmp_path))
+    np.testing.assert_array_equal(start_list(elsewhere, TASK, "final").scene_obs, final.scene_obs)
+    assert os.path.exists(artifacts.start_list_path(elsewhere, TASK, "final"))  # made and stored on first use
+
+
+def test_stored_policy_re_evaluated_standalone_gives_the_tables_numbers(full_run):
+    workdir, _ = full_run
+    results = read_json(workdir / "results.json")["tasks"][TASK]
+    for policy, seed_index, expected in (("pretrained", 0, results["pretrained"]),
+                                         ("finetuned", 1, results["finetuned"][1])):
+        out = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(workdir), "--task",
+                              TASK, "--policy", policy, "--seed_index", str(seed_index)], capture_output=True,
+                             text=True, cwd=REPO, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        for key in ("episodes", "successes", "rate", "episode_success", "mean_steps"):
+            assert got[key] == expected[key], key
+    # K' other than the one the policy was fine-tuned with is refused, in one line, before any episode
+    out = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(workdir), "--task", TASK,
+                          "--ft_denoising_steps", "2"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and "ft_steps=3 (asked: 2)" in errors[0]
+    assert "Traceback" not in out.stderr
+    with pytest.raises(CheckpointError, match="ft_steps=3"):
+        artifacts.load_finetuned_actor(tiny(workdir), TASK, 0, ft_steps=1)
+
+
+def test_a_stored_start_list_made_under_other_values_is_refused(full_run, tmp_path):
+    workdir, _ = full_run
+    shutil.copytree(workdir / "starts", tmp_path / "starts")
+    c = get_config("tiny")
+    c.eval.episodes = 5
+    config = configlib.finalize(c, str(tmp_path))
+    with pytest.raises(configlib.ConfigError, match=r"final.npz: .*config.eval.episodes=5 \(the list has 3\)"):
+        start_list(config, TASK, "final")
+    assert len(start_list(config, TASK, "periodic")) == c.eval.periodic_episodes  # the periodic list still fits
 
 
 def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_run):
     workdir, _ = full_run
     config = tiny(workdir)
-    with np.load(workdir / "finetune" / TASK / artifacts.START_POOL) as saved:
+    with np.load(artifacts.start_pool_path(config, TASK, 0)) as saved:
         pool, robot, scene = Latent(deter=saved["deter"], stoch=saved["stoch"]), saved["robot_obs"], saved["scene_obs"]
     n = config.ppo.n_start_states
     assert pool.deter.shape == (n, config.wm.deter) and robot.shape == (n, 15) and scene.shape == (n, 24)
-    # the task's random starts (slider not yet left), none of them an evaluation start
-    np.testing.assert_array_equal(np.stack(stage.simulator_start_states(config, TASK, n)[1]), scene)
+    # the task's random starts (slider not yet left) of seed 0's stream
+    np.testing.assert_array_equal(np.stack(stage.simulator_start_states(config, TASK, n, 0)[1]), scene)
     caches = artifacts.caches(config)
-    _, eval_scenes = start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
-    assert not any(np.allclose(s, e) for s in scene for e in eval_scenes)
     # re-rendering and encoding the first start reproduces its pool latent: a reset posterior on one frame
     from diwa_jax.specs import make_env
     from diwa_jax.artifacts import load_world_model
@@ -116,7 +182,7 @@ def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_r
     finally:
         env.close()
     latent = stage.encode_start_frames(load_world_model(config), caches["training"].stats, [frame],
-                                       configlib.stage_key(config, f"finetune/{TASK}/start_pool"),
+                                       configlib.stage_key(config, f"finetune/{TASK}/seed0/start_pool"),
                                        config.data.image_size)
     np.testing.assert_allclose(latent.deter[0], pool.deter[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(latent.stoch[0], pool.stoch[0])  # the posterior sample: image and key
@@ -124,7 +190,7 @@ def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_r
 
     # offline pool: the featurized latents at the first frame of the task's training windows
     offline = tiny(workdir, start_source="dataset")
-    pool, described = stage.build_start_pool(offline, TASK, None, None, None)
+    pool, described = stage.build_start_pool(offline, TASK, 0, None, None, None)
     windows = task_windows(CalvinSplit(split_dir(config, "training")), caches["training"], TASK)
     rows = select_windows(windows, n, config.seed)[:, 0]
     np.testing.assert_array_equal(described["rows"], rows)
@@ -136,10 +202,10 @@ def test_start_pools_are_non_evaluation_starts_encoded_like_a_first_frame(full_r
 def finetune_state(config):
     """The ``FinetuneState`` in the task's last fine-tuning checkpoint."""
     _, actor_pre = load_policy(config, TASK)
-    with np.load(os.path.join(artifacts.task_dir(config, "finetune", TASK), artifacts.START_POOL)) as saved:
+    with np.load(artifacts.start_pool_path(config, TASK, 0)) as saved:
         pool = Latent(deter=saved["deter"], stoch=saved["stoch"])
     template = create_finetune_state(specs.finetune_spec(config), jax.random.key(0), actor_pre, pool)
-    with Checkpointer(os.path.join(artifacts.task_dir(config, "finetune", TASK), "checkpoints")) as ck:
+    with Checkpointer(os.path.join(artifacts.finetune_dir(config, TASK, 0), "checkpoints")) as ck:
         return ck.latest_step(), restore_state(ck, template)
 
 
@@ -153,7 +219,7 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     resumed = tmp_path / "run"
     shutil.copytree(workdir, resumed, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*",
                                                                       "success_curves.png"))
-    config = tiny(resumed)
+    config = tiny(resumed, seeds=1)  # seed 0 alone: the same run as seed 0 of the module's two
     assert config.ppo.ckpt_every == 1 and config.ppo.eval_every == 2
 
     save = Checkpointer.save
@@ -169,9 +235,9 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     monkeypatch.setattr(Checkpointer, "save", save)
     # the curve is ahead of the last checkpoint: the rerun must recompute iteration 2, not append it twice
     assert finetune_state(config)[0] == 1
-    assert [e["iteration"] for e in artifacts.read_curve(config, TASK)] == [0, 1, 2]
-    assert not os.path.exists(os.path.join(artifacts.task_dir(config, "finetune", TASK), artifacts.DONE))
-    summary = stage.finetune(config)[TASK]
+    assert [e["iteration"] for e in artifacts.read_curve(config, TASK, 0)] == [0, 1, 2]
+    assert not os.path.exists(os.path.join(artifacts.finetune_dir(config, TASK, 0), artifacts.DONE))
+    summary = stage.finetune(config)[f"{TASK}/seed0"]
     assert summary["resumed_from"] == 1 and summary["iterations"] == config.ppo.iterations
     assert summary["finetune_sim_steps"] == 0
 
@@ -179,7 +245,7 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_result(full_run, tmp_
     assert step_a == step_b == config.ppo.iterations
     leaves_a, leaves_b = as_numpy(a), as_numpy(b)
     assert len(leaves_a) == len(leaves_b) and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
-    assert artifacts.read_curve(config, TASK) == artifacts.read_curve(tiny(workdir), TASK)
+    assert artifacts.read_curve(config, TASK, 0) == artifacts.read_curve(tiny(workdir), TASK, 0)
 
 
 def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
@@ -191,14 +257,14 @@ def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
         run_dir = tmp_path / f"devices{devices}"
         shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*",
                                                                          "success_curves.png"))
-        config = tiny(run_dir, devices=devices, n_envs=jax.device_count())
-        summary = stage.finetune(config)[TASK]
+        config = tiny(run_dir, seeds=1, devices=devices, n_envs=jax.device_count())
+        summary = stage.finetune(config)[f"{TASK}/seed0"]
         assert summary["finetune_sim_steps"] == 0
         runs[devices] = (config, finetune_state(config))
     assert jax.device_count() == 8
     (config_1, (step_1, state_1)), (config_all, (step_all, state_all)) = runs[1], runs[0]
     assert step_1 == step_all == config_1.ppo.iterations
-    assert artifacts.read_curve(config_all, TASK) == artifacts.read_curve(config_1, TASK)
+    assert artifacts.read_curve(config_all, TASK, 0) == artifacts.read_curve(config_1, TASK, 0)
     for x, y in zip(as_numpy(state_1), as_numpy(state_all)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
