@@ -13,6 +13,7 @@ from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import build_dataset_cache, compute_norm_stats, load_cache
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.policy.denoiser import init_denoiser
+from diwa_jax.stages.start_lists import validation_starts
 from diwa_jax.world_model import model
 
 
@@ -39,7 +40,7 @@ def test_wm_observation_equals_the_cached_frame_and_start_states(config, tmp_pat
         np.testing.assert_allclose(obs["state"], cache.state[row], rtol=0, atol=1e-6)
         assert obs["proprio"].shape == (18,) and obs["state"].shape == (51,)
 
-    robot, scene = artifacts.start_states(config, "open_drawer", split, cache)  # windows 0-7 and 16-23
+    robot, scene = validation_starts(split, cache, "open_drawer")  # windows 0-7 and 16-23
     np.testing.assert_array_equal(robot, cache.robot_obs[[0, 16]])
     np.testing.assert_array_equal(scene, [split.load_frame(f, keys=("scene_obs",))["scene_obs"] for f in (0, 16)])
 

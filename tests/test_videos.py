@@ -15,10 +15,10 @@ from tensorboardX.proto import event_pb2
 
 from diwa_jax import config as configlib
 from diwa_jax import artifacts, evaluate, pipeline, specs, videos
-from diwa_jax.data.calvin_format import CalvinSplit
 from diwa_jax.artifacts import caches as ensure_cache
 from diwa_jax.artifacts import data_split_dir as split_dir
 from diwa_jax.artifacts import load_finetuned_actor, load_policy, load_world_model
+from diwa_jax.stages.start_lists import start_list
 from diwa_jax.world_model import model
 from experiments.calvin import get_config
 
@@ -33,10 +33,10 @@ def run(tmp_path_factory):
     config = configlib.finalize(c, str(tmp_path_factory.mktemp("videos") / "run"))
     pipeline.run(config)
     caches = ensure_cache(config)
-    starts = artifacts.start_states(config, TASK, CalvinSplit(split_dir(config, "validation")), caches["validation"])
+    starts = start_list(config, TASK, "final").states
     _, actor_pre = load_policy(config, TASK)
     evaluation = dict(world_model=load_world_model(config), stats=caches["training"].stats, starts=starts)
-    return config, actor_pre, load_finetuned_actor(config, TASK), evaluation
+    return config, actor_pre, load_finetuned_actor(config, TASK, 0), evaluation
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_evaluate_stage_writes_gifs_and_tensorboard_videos_and_counts_their_step
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
     r = results["tasks"][TASK]
-    episodes_steps = round((r["pretrained_mean_steps"] + r["finetuned_mean_steps"]) * r["episodes"])
+    episodes_steps = round((r["pretrained"]["mean_steps"] + r["finetuned"][0]["mean_steps"]) * r["episodes"])
     video_steps = sum(v.sim_steps for v in expected.values())
     assert r["eval_sim_steps"] == episodes_steps + video_steps and results["eval_sim_steps"] == r["eval_sim_steps"]
     assert results["finetune_sim_steps"] == 0

@@ -205,7 +205,7 @@ def evaluate_stage(config) -> dict:
     env = make_env(config)
     videos = (MetricLogger(artifacts.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
               if config.log.video else None)
-    tasks, curves, video_sim_steps = {}, {}, 0
+    tasks, curves = {}, {}
     common = dict(env=env, world_model=world_model, cache_stats=cache_stats)
     try:
         for task in config.tasks:
@@ -217,7 +217,7 @@ def evaluate_stage(config) -> dict:
                 schedule, actor_pre = artifacts.load_policy(config, task)
                 policies = {"pretrained": (actor_pre, actor_pre),
                             "finetuned": (actor_pre, artifacts.load_finetuned_actor(config, task, 0))}
-                video_sim_steps += write_task_videos(
+                tasks[task]["eval_sim_steps"] += write_task_videos(
                     eval_spec(config), schedule, task, policies, videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR),
                     key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=cache_stats,
                     starts=start_list(config, task, "final").states)
@@ -236,7 +236,7 @@ def evaluate_stage(config) -> dict:
         "start_seed": config.eval.start_seed, "start_source": config.ppo.start_source,
         "tasks": tasks, "mean": _mean_results(tasks, config.seeds),
         "finetune_sim_steps": int(sum(t["finetune_sim_steps"] for t in tasks.values())),
-        "eval_sim_steps": int(sum(t["eval_sim_steps"] for t in tasks.values()) + video_sim_steps),
+        "eval_sim_steps": int(sum(t["eval_sim_steps"] for t in tasks.values())),
         "wall_time_s": {**artifacts.stage_wall_times(config), "evaluate": round(time.time() - started, 1)},
     }
     table = results_table(results)

@@ -227,8 +227,8 @@ def finetune(config) -> dict:
     env = make_env(config)
     summary = {}
     try:
-        for task in config.tasks:
-            for k in range(config.seeds):
+        for k in range(config.seeds):  # every task's seed 0 first
+            for task in config.tasks:
                 s = summary[f"{task}/seed{k}"] = finetune_task(config, task, k, world_model, stats, env)
                 info(f"[finetune] {task} seed {k}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined "
                      f"success {s['imagined_success_first']} -> {s['imagined_success']}, real (periodic list) "

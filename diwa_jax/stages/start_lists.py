@@ -69,10 +69,9 @@ def sampled_starts(task: str, n: int, stream: tuple[int, ...]) -> tuple[np.ndarr
     return np.stack(robot), np.stack(scene)
 
 
-def validation_starts(config, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """The first robot/scene state of every validation window of ``task``, in window order."""
-    cache = artifacts.caches(config)["validation"]
-    rows = task_windows(CalvinSplit(artifacts.data_split_dir(config, "validation")), cache, task)[:, 0]
+def validation_starts(split: CalvinSplit, cache, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first robot/scene state of every window of ``task`` in ``split`` (its ``cache``), in window order."""
+    rows = task_windows(split, cache, task)[:, 0]
     return np.asarray(cache.robot_obs[rows]), np.asarray(cache.scene_obs[rows])
 
 
@@ -81,7 +80,8 @@ def _make(config, task: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     if e.start_source == "simulator":
         return sampled_starts(task, e.episodes if name == "final" else e.periodic_episodes,
                               (e.start_seed, task_stream(task), STREAMS[name]))
-    robot, scene = validation_starts(config, task)
+    robot, scene = validation_starts(CalvinSplit(artifacts.data_split_dir(config, "validation")),
+                                     artifacts.caches(config)["validation"], task)
     if len(robot) <= e.periodic_episodes:
         raise DataError(f"{artifacts.data_split_dir(config, 'validation')}: {len(robot)} validation windows of "
                         f"'{task}', not more than config.eval.periodic_episodes={e.periodic_episodes}; collect more "
