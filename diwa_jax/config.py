@@ -164,6 +164,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "eval.episodes": _non_negative,
     "eval.periodic_episodes": _positive,
     "eval.start_seed": _non_negative,
+    "eval.envs": _positive,
+    "eval.workers": _non_negative,
 }
 
 # Relations between keys: (keys named in the error, predicate on the config, message).
@@ -180,6 +182,7 @@ _RELATIONS = (
     ("ppo.logprob_min", lambda c: c.ppo.logprob_min < c.ppo.logprob_max, "must be < config.ppo.logprob_max"),
     ("eval.episodes", lambda c: c.eval.episodes > 0 or c.eval.start_source == "validation",
      "must be > 0 with config.eval.start_source='simulator' (0 means every validation window)"),
+    ("eval.workers", lambda c: c.eval.workers <= c.eval.envs, "must be <= config.eval.envs (each worker runs >= 1 simulator)"),
     ("eval.start_source", lambda c: c.eval.start_source == "validation" or c.env.backend == "playtable",
      "'simulator' samples the play-table's task starts; with config.env.backend='calvin_env' use 'validation'"),
     ("ppo.start_source", lambda c: c.ppo.start_source == "dataset" or c.env.backend == "playtable",

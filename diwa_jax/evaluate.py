@@ -1,4 +1,4 @@
-"""Closed-loop evaluation of a diffusion policy in a simulator (spec section 7).
+"""Closed-loop evaluation of a diffusion policy in a simulator (spec section 7), batched over episodes.
 
 Start states: the task's fixed start lists (``diwa_jax/stages/start_lists.py``). An episode resets the simulator to a start state and encodes
 its first frame with a reset posterior step (zero action, gripper open). Then it repeats: sample an
@@ -7,49 +7,48 @@ action chunk from the latent (``eval.deterministic``: the "deterministic" DDPM m
 frame with the action that produced it. Without ``eval.filter_every_frame`` only the chunk's last frame
 is observed and the frames before it are predicted by the prior (our 7-D-action world model's
 equivalent of the post-paper single observation per chunk). The episode ends on oracle success (start
-scene vs now) or after ``eval.max_steps`` simulator steps.
+scene vs now) or after ``eval.max_steps`` simulator steps; the frame it ends on is not filtered.
 
-The world-model steps and the sampler are jitted once (module-level, keyed on static sizes), so
-repeated evaluations reuse the compiled programs; the Python loop only drives the simulator.
+``evaluate_policy`` runs the episodes on the E simulators of a ``SimulatorBatch`` (``diwa_jax/envs/batch.py``):
+each simulator holds one episode at a time and takes the next start as soon as its episode ends. Per round,
+the simulators execute their chunks in parallel, then one jitted call (``closed_loop_step``) filters every
+simulator's new frames (a scan over the chunk's steps, frames past an episode's end masked) and samples every
+simulator's next chunk. Episode e draws its noise from ``episode_keys(key, e)`` (world model: ``fold_in`` of
+the frame index; sampler: of the chunk index) whichever simulator runs it, so its outcome does not depend
+on E, on the number of workers or on the order the episodes are scheduled in.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diwa_jax.data.batching import RESET_ACTION
-from diwa_jax.data.preprocess import NormStats, resize_area, robot_obs_to_proprio, scene_obs_to_state
+from diwa_jax.data.preprocess import NormStats, wm_observation
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.oracle import success_all_np, task_index
+from diwa_jax.envs.batch import Reset, SimulatorBatch, Steps
+from diwa_jax.envs.oracle import task_index
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 
 
-def wm_observation(obs: dict, stats: NormStats, image_size: int = 64) -> dict:
-    """A simulator observation as the world model reads it, exactly as the data cache stores frames: both
-    cameras area-resized to ``image_size``, proprio (18) and state (51) min-max normalised with ``stats``."""
-    proprio = robot_obs_to_proprio(obs["robot_obs"], stats.rot6d)
-    state = np.concatenate([proprio, scene_obs_to_state(obs["scene_obs"], stats.rot6d)], axis=-1)
-    return {
-        "rgb_static": resize_area(np.asarray(obs["rgb_static"]), image_size),
-        "rgb_gripper": resize_area(np.asarray(obs["rgb_gripper"]), image_size),
-        "proprio": stats.normalize_proprio(proprio),
-        "state": stats.normalize_state(state),
-    }
+def executed_actions(actions: np.ndarray) -> np.ndarray:
+    """``(..., 7)`` float64 sent to the simulator (and to the filter): the policy's actions with the gripper
+    binarised, >= 0 -> +1 (open), < 0 -> -1 (close) (spec 1.4)."""
+    actions = np.array(actions, np.float64)
+    actions[..., 6] = P.policy_gripper(actions[..., 6])
+    return actions
 
 
-def executed_action(action: np.ndarray) -> np.ndarray:
-    """(7,) float64 sent to the simulator (and to the filter): the policy's action with the gripper binarised,
-    >= 0 -> +1 (open), < 0 -> -1 (close) (spec 1.4)."""
-    action = np.array(action, np.float64)
-    action[6] = P.policy_gripper(action[6])
-    return action
+def observation_transform(world_model: model.WorldModel, stats: NormStats, image_size: int):
+    """The picklable function a ``SimulatorBatch`` applies to each observation where it is made, for
+    ``evaluate_policy``: the world model's inputs (``wm_observation``, only the keys this world model reads)."""
+    return functools.partial(wm_observation, stats=stats, image_size=image_size, keys=world_model.spec.obs_keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,98 +115,149 @@ def predict_frame(params: dict, latent: Latent, action: jax.Array, key: jax.Arra
     return model.img_step(params, spec, latent, action[None], jax.random.fold_in(key, frame))
 
 
-@dataclasses.dataclass(frozen=True)
-class ClosedLoop:
-    """The models as host callables for one episode. ``frame`` counts simulator steps (0 = the reset frame).
-
-    observe(latent | None, action (7,), obs, frame) -> latent   (None: the reset step of the first frame)
-    predict(latent, action (7,), frame) -> latent
-    act(latent, chunk index) -> (Ta, 7) actions
-    """
-
-    observe: Callable[[Any, np.ndarray, dict, int], Any]
-    predict: Callable[[Any, np.ndarray, int], Any]
-    act: Callable[[Any, int], np.ndarray]
-
-
-def episode_keys(key: jax.Array, episode: int) -> tuple[jax.Array, jax.Array]:
+def episode_keys(key: jax.Array, episode) -> tuple[jax.Array, jax.Array]:
     """``(world-model key, policy key)`` of evaluation episode ``episode`` under the evaluation ``key``."""
     obs_key, act_key = jax.random.split(jax.random.fold_in(key, episode))
     return obs_key, act_key
 
 
-def run_episode(env, robot_obs: np.ndarray, scene_obs: np.ndarray, task: str, loop: ClosedLoop, *, act_steps: int,
-                max_steps: int, filter_every_frame: bool = True,
-                on_frame: Callable[[dict], None] | None = None) -> tuple[bool, int]:
-    """One closed-loop episode from a start state: ``(success, simulator steps used)``.
+@functools.partial(jax.jit, static_argnames=("spec", "filter_every_frame"))
+def filter_frames(wm_params: dict, latent: Latent, frames: dict, actions: jax.Array, valid: jax.Array,
+                  observed: jax.Array, reset: jax.Array, frame: jax.Array, key: jax.Array, episode: jax.Array, *, spec,
+                  filter_every_frame: bool) -> Latent:
+    """The world model's step of one round of E episodes: filter each episode's new frames in order.
 
-    ``on_frame`` (optional) sees every simulator observation, the reset one first, without changing the episode
-    (rollout videos record the frames this way instead of copying the loop)."""
-    column = task_index(task)
-    obs = env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
-    if on_frame is not None:
-        on_frame(obs)
-    start_scene = np.asarray(obs["scene_obs"], np.float64)
-    latent = loop.observe(None, RESET_ACTION.astype(np.float64), obs, 0)
-    steps, chunk = 0, 0
-    while True:
-        actions = np.asarray(loop.act(latent, chunk))
-        chunk += 1
-        for i in range(act_steps):
-            action = executed_action(actions[i])
-            obs, _ = env.step(action)
-            steps += 1
-            if on_frame is not None:
-                on_frame(obs)
-            if success_all_np(start_scene, np.asarray(obs["scene_obs"]))[column]:
-                return True, steps
-            if steps >= max_steps:
-                return False, steps
-            if filter_every_frame or i == act_steps - 1:
-                latent = loop.observe(latent, action, obs, steps)
-            else:
-                latent = loop.predict(latent, action, steps)
+    ``latent (E, 1, ...)``; ``frames {key: (E, T, ...)}`` the world model's inputs, ``actions (E, T, 7)`` the
+    actions that led to them, ``valid``/``observed``/``reset`` ``(E, T)`` bool (frames past an episode's end
+    are not valid and leave its latent alone; an unobserved frame is predicted by the prior), ``frame (E, T)``
+    the frames' step indices, ``episode (E,)`` each simulator's episode (its key: ``episode_keys``)."""
+    embed = model.encode(wm_params, spec, frames)  # every frame at once: the embedding needs no latent
+
+    def one_episode(latent, embed, actions, valid, observed, reset, frame, episode):
+        obs_key, _ = episode_keys(key, episode)
+
+        def one_frame(latent, inputs):
+            embed, action, valid, observed, reset, frame = inputs
+            frame_key = jax.random.fold_in(obs_key, frame)
+            new, _, _ = model.obs_step(wm_params, spec, latent, action[None], embed[None], reset[None], frame_key)
+            if not filter_every_frame:
+                prior = model.img_step(wm_params, spec, latent, action[None], frame_key)
+                new = jax.tree.map(lambda post, pri: jnp.where(observed, post, pri), new, prior)
+            return jax.tree.map(lambda n, old: jnp.where(valid, n, old), new, latent), None
+
+        return jax.lax.scan(one_frame, latent, (embed, actions, valid, observed, reset, frame))[0]
+
+    return jax.vmap(one_episode)(latent, embed, actions, valid, observed, reset, frame, episode)
+
+
+@functools.partial(jax.jit, static_argnames="settings")
+def sample_chunks(actor_pre: dict, actor_ft: dict, schedule: DDPMSchedule, latent: Latent, key: jax.Array,
+                  episode: jax.Array, chunk: jax.Array, *, settings: SamplerSettings) -> jax.Array:
+    """The policy's step of one round: each episode's next chunk ``(E, Ta, A)`` from its ``latent (E, 1, ...)``,
+    noise from ``fold_in(policy key of episode_keys, chunk)``, as ``sample_action_chunk`` draws it."""
+
+    def one_episode(latent, episode, chunk):
+        _, act_key = episode_keys(key, episode)
+        return sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key, chunk, settings=settings)
+
+    return jax.vmap(one_episode)(latent, episode, chunk)
+
+
+class _Round:
+    """One round's inputs of ``filter_frames`` for E simulators and chunks of T steps, filled frame by frame."""
+
+    def __init__(self, count: int, horizon: int, first: dict, filter_every_frame: bool):
+        self.frames = {k: np.zeros((count, horizon, *np.shape(v)), np.asarray(v).dtype) for k, v in first.items()}
+        self.actions = np.zeros((count, horizon, P.ACTION_DIM), np.float32)
+        self.valid, self.observed, self.reset = (np.zeros((count, horizon), bool) for _ in range(3))
+        self.frame = np.zeros((count, horizon), np.int32)
+        self.horizon, self.filter_every_frame = horizon, filter_every_frame
+
+    def reset_frame(self, s: int, obs: dict) -> None:
+        """Simulator ``s`` starts an episode on ``obs``: a reset step with the reset action, frame 0."""
+        self.add(s, 0, RESET_ACTION, obs, 0)
+        self.reset[s, 0] = self.observed[s, 0] = True
+
+    def add(self, s: int, i: int, action, obs: dict, frame: int) -> None:
+        for k, v in obs.items():
+            self.frames[k][s, i] = v
+        self.actions[s, i], self.valid[s, i], self.frame[s, i] = action, True, frame
+        self.observed[s, i] = self.filter_every_frame or i == self.horizon - 1
+
+    def filter(self, world_model: model.WorldModel, latent: Latent, key: jax.Array, episode: np.ndarray) -> Latent:
+        return filter_frames(world_model.params, latent, self.frames, self.actions, self.valid, self.observed,
+                             self.reset, self.frame, key, episode.astype(np.int32), spec=world_model.spec,
+                             filter_every_frame=self.filter_every_frame)
+
+
+def initial_latents(count: int, spec: model.WorldModelSpec) -> Latent:
+    """``(E, 1, ...)`` zero latents, one per simulator."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (count, *x.shape)), model.initial_latent(1, spec))
+
+
+def first_latent(spec: EvalSpec, world_model: model.WorldModel, obs: dict, key: jax.Array, episode: int = 0) -> Latent:
+    """Episode ``episode``'s first latent ``(1, ...)`` from its first observation ``obs`` (transformed), computed
+    exactly as ``evaluate_policy`` with one simulator computes it."""
+    step = _Round(1, spec.act_steps, obs, spec.filter_every_frame)
+    step.reset_frame(0, obs)
+    latent = step.filter(world_model, initial_latents(1, world_model.spec), key, np.array([episode]))
+    return jax.tree.map(lambda x: x[0], latent)
 
 
 def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict,
-                    episodes: int | None = None, *, key: jax.Array, world_model: model.WorldModel, stats: NormStats,
-                    starts: tuple, env, on_frame: Callable[[dict], None] | None = None) -> dict:
+                    episodes: int | None = None, *, key: jax.Array, world_model: model.WorldModel, starts: tuple,
+                    envs: SimulatorBatch) -> dict:
     """Success of the policy (``actor_pre`` for denoising steps >= ``spec.sampler.ft_steps``, ``actor_ft`` below)
-    on ``task`` in the simulator ``env``.
+    on ``task`` in the simulators ``envs`` (their transform ``observation_transform`` of this world model).
 
-    ``episodes``: how many of the start states to use (None: all of them). ``stats`` the training split's
-    NormStats, ``starts = (robot_obs (E, 15), scene_obs (E, 24))``; episode e draws its noise from
-    ``episode_keys(key, e)``. ``on_frame``: passed to every ``run_episode``. Returns success_rate, successes,
-    episodes, mean_steps, sim_steps.
+    ``episodes``: how many of the start states to use (None: all of them); ``starts = (robot_obs (n, 15),
+    scene_obs (n, 24))``, episode e from start e. Returns success_rate, successes, episodes, mean_steps,
+    sim_steps and the per-episode episode_success / episode_steps.
     """
     robot_starts, scene_starts = starts
     n = len(robot_starts) if episodes is None else min(int(episodes), len(robot_starts))
     if n == 0:
         raise ValueError(f"evaluate '{task}': no start states (the validation split has no window of the task); "
                          "collect more validation data (config.collect.val_frames) or drop the task")
-
-    def loop_for(episode: int) -> ClosedLoop:
-        obs_key, act_key = episode_keys(key, episode)
-
-        def observe(latent, action, obs, frame):
-            return encode_observation(world_model, stats, obs, latent, action, obs_key, frame, spec.image_size)
-
-        def predict(latent, action, frame):
-            return predict_frame(world_model.params, latent, np.asarray(action, np.float32), obs_key, np.int32(frame),
-                                 spec=world_model.spec)
-
-        def act(latent, chunk):
-            return jax.device_get(sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key,
-                                                      np.int32(chunk), settings=spec.sampler))
-
-        return ClosedLoop(observe=observe, predict=predict, act=act)
-
-    results = [run_episode(env, robot_starts[episode], scene_starts[episode], task, loop_for(episode),
-                           act_steps=spec.act_steps, max_steps=spec.max_steps,
-                           filter_every_frame=spec.filter_every_frame, on_frame=on_frame) for episode in range(n)]
-    successes = sum(success for success, _ in results)
-    sim_steps = sum(steps for _, steps in results)
-    return {"success_rate": successes / n, "successes": int(successes), "episodes": n,
-            "mean_steps": sim_steps / n, "sim_steps": int(sim_steps),
-            "episode_success": [bool(success) for success, _ in results],
-            "episode_steps": [int(steps) for _, steps in results]}
+    column, count, horizon = task_index(task), envs.num_envs, spec.act_steps
+    success, used = np.zeros(n, bool), np.zeros(n, np.int64)
+    episode = np.full(count, -1)  # the episode each simulator runs (-1: none)
+    steps, chunk = np.zeros(count, np.int64), np.zeros(count, np.int32)
+    latent, chunks, started = initial_latents(count, world_model.spec), None, 0
+    while True:
+        commands = [None] * count
+        for s in range(count):
+            if episode[s] >= 0:
+                budget = min(horizon, spec.max_steps - int(steps[s]))
+                commands[s] = Steps(executed_actions(chunks[s, :budget]), column)
+            elif started < n:
+                episode[s], steps[s], chunk[s] = started, 0, 0
+                commands[s] = Reset(robot_starts[started], scene_starts[started])
+                started += 1
+        if all(c is None for c in commands):
+            break
+        outcomes = envs.run(commands)
+        first = next(o.observations[0] for o in outcomes if o is not None)
+        step = _Round(count, horizon, first, spec.filter_every_frame)
+        for s, (command, outcome) in enumerate(zip(commands, outcomes)):
+            if isinstance(command, Reset):
+                step.reset_frame(s, outcome.observations[0])
+            elif isinstance(command, Steps):
+                before = int(steps[s])
+                steps[s] += len(outcome.observations)
+                if outcome.success or steps[s] >= spec.max_steps:  # the episode ends on this frame: not filtered
+                    success[episode[s]], used[episode[s]], episode[s] = outcome.success, steps[s], -1
+                    continue
+                for i, (action, obs) in enumerate(zip(command.actions, outcome.observations)):
+                    step.add(s, i, action, obs, before + i + 1)
+        if (episode < 0).all():
+            continue
+        running = np.maximum(episode, 0)
+        latent = step.filter(world_model, latent, key, running)
+        chunks = np.asarray(sample_chunks(actor_pre, actor_ft, schedule, latent, key, running.astype(np.int32), chunk,
+                                          settings=spec.sampler))
+        chunk[episode >= 0] += 1
+    successes = int(success.sum())
+    return {"success_rate": successes / n, "successes": successes, "episodes": n,
+            "mean_steps": float(used.sum()) / n, "sim_steps": int(used.sum()),
+            "episode_success": success.tolist(), "episode_steps": used.tolist()}

@@ -5,9 +5,10 @@ Libraries take these frozen, hashable specs (jit statics), never the config; the
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from diwa_jax.data.preprocess import proprio_dim, scene_state_dim
-from diwa_jax.evaluate import EvalSpec, SamplerSettings
+from diwa_jax.evaluate import EvalSpec, SamplerSettings, observation_transform
 from diwa_jax.finetune.agent import FinetuneSpec
 from diwa_jax.finetune.imagine import RolloutSpec
 from diwa_jax.policy.bc import BCSpec
@@ -106,14 +107,31 @@ def eval_spec(config) -> EvalSpec:
                     filter_every_frame=bool(config.eval.filter_every_frame), image_size=config.data.image_size)
 
 
-def make_env(config):
-    """The simulator of ``config.env.backend``: the embedded play-table or the ``calvin_env`` adapter."""
+def env_factory(config):
+    """A picklable callable building the simulator of ``config.env.backend``: the embedded play-table or
+    the ``calvin_env`` adapter (worker processes build theirs with it)."""
     if config.env.backend == "playtable":
         from diwa_jax.envs.playtable.env import PlayTable
-        return PlayTable(static_size=config.env.static_size, gripper_size=config.env.gripper_size,
-                         renderer=config.env.renderer, seed=config.seed)
+        return functools.partial(PlayTable, static_size=config.env.static_size, gripper_size=config.env.gripper_size,
+                                 renderer=config.env.renderer, seed=config.seed)
     if config.env.backend == "calvin_env":
         from diwa_jax.envs.calvin_env import CalvinEnvAdapter
-        return CalvinEnvAdapter(conf_dir=config.env.calvin_env_conf_dir or None,
-                                use_egl=config.env.renderer == "egl", seed=config.seed)
+        return functools.partial(CalvinEnvAdapter, conf_dir=config.env.calvin_env_conf_dir or None,
+                                 use_egl=config.env.renderer == "egl", seed=config.seed)
     raise ValueError(f"config.env.backend={config.env.backend!r}: choose playtable or calvin_env")
+
+
+def make_env(config):
+    """One simulator of ``config.env.backend``."""
+    return env_factory(config)()
+
+
+def evaluation_batch(config, world_model: model.WorldModel, stats):
+    """The evaluation's ``SimulatorBatch`` for ``world_model`` (observations normalised with the training split's
+    ``stats``): ``config.eval.envs`` simulators, in ``config.eval.workers`` worker processes (0: in this
+    process); ``close()`` closes them."""
+    from diwa_jax.envs.batch import SimulatorBatch
+    transform = observation_transform(world_model, stats, config.data.image_size)
+    if config.eval.workers == 0:
+        return SimulatorBatch.local([make_env(config) for _ in range(config.eval.envs)], transform, owned=True)
+    return SimulatorBatch.spawn(env_factory(config), config.eval.envs, config.eval.workers, transform)

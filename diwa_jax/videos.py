@@ -1,7 +1,7 @@
 """Rollout videos: a policy's real episode next to the episode the world model imagines for it.
 
 The real episode is the evaluation's own: ``evaluate_policy`` on one start state with the evaluation key, its
-simulator frames recorded through ``on_frame``. The imagined episode starts from the same encoded first latent
+simulator frames recorded by the batch's observation transform. The imagined episode starts from the same encoded first latent
 (the reset posterior, same key) and runs the same closed loop with every frame predicted instead of observed:
 chunks from ``sample_action_chunk`` on the imagined latent with the episode's policy key (so chunk 0 is the real
 episode's), their first ``act_steps`` actions with the gripper binarised as executed, each through
@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from diwa_jax.atomic import atomic_write
-from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import resize_area
-from diwa_jax.evaluate import (EvalSpec, SamplerSettings, encode_observation, episode_keys, evaluate_policy,
-                               predict_frame, sample_action_chunk)
+from diwa_jax.envs.batch import SimulatorBatch
+from diwa_jax.evaluate import (EvalSpec, SamplerSettings, episode_keys, evaluate_policy, first_latent,
+                               observation_transform, predict_frame, sample_action_chunk)
 from diwa_jax.finetune.imagine import executed_gripper
 from diwa_jax.logging import MetricLogger
 from diwa_jax.policy.schedule import DDPMSchedule
@@ -66,7 +66,7 @@ def imagine_episode(params: dict, actor_pre: dict, actor_ft: dict, schedule: DDP
     def chunk_step(latent, chunk):
         actions = sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key, chunk,
                                       settings=settings)[:act_steps]
-        actions = executed_gripper(actions)  # as ``evaluate.executed_action``
+        actions = executed_gripper(actions)  # as ``evaluate.executed_actions``
 
         def wm_step(latent, inputs):
             action, frame = inputs
@@ -85,11 +85,16 @@ def rollout_video(spec: EvalSpec, schedule: DDPMSchedule, task: str, actor_pre: 
                   key: jax.Array, env, world_model: model.WorldModel, stats, starts: tuple) -> RolloutVideo:
     """The real and imagined episode from the first of ``starts`` (arguments as ``evaluate_policy``'s; with the
     evaluation's key, the real episode is the evaluation's first)."""
-    observations = []
-    result = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, episodes=1, key=key, env=env,
-                             world_model=world_model, stats=stats, starts=starts, on_frame=observations.append)
+    observations, transform = [], observation_transform(world_model, stats, spec.image_size)
+
+    def record(obs: dict) -> dict:
+        observations.append(obs)
+        return transform(obs)
+
+    result = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, episodes=1, key=key, world_model=world_model,
+                             starts=starts, envs=SimulatorBatch.local([env], record))
     obs_key, act_key = episode_keys(key, 0)  # the real episode's keys
-    latent = encode_observation(world_model, stats, observations[0], None, RESET_ACTION, obs_key, 0, spec.image_size)
+    latent = first_latent(spec, world_model, transform(observations[0]), key)  # the real episode's first latent
     imagined = imagine_episode(world_model.params, actor_pre, actor_ft, schedule, latent, obs_key, act_key,
                                spec=world_model.spec, settings=spec.sampler, act_steps=spec.act_steps,
                                max_steps=spec.max_steps)

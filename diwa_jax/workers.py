@@ -25,13 +25,18 @@ def _watch_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _die_with_parent(parent_pid: int, initializer: Callable | None, initargs: tuple) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Called first in a spawned worker: ask to be killed when ``parent_pid`` dies (exit now if it has)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
         threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before the request above
         os._exit(1)
+
+
+def _die_with_parent(parent_pid: int, initializer: Callable | None, initargs: tuple) -> None:
+    die_with_parent(parent_pid)
     if initializer is not None:
         initializer(*initargs)
 

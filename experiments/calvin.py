@@ -191,6 +191,10 @@ def _paper() -> ml_collections.ConfigDict:
     c.eval.start_seed = 0
     c.eval.deterministic = True
     c.eval.filter_every_frame = True  # 4-frame WM filtering per chunk (paper era)
+    # Episodes run on eval.envs simulators in lockstep (each takes the next start when its episode ends),
+    # built in eval.workers processes (0: in this one); neither changes an episode's outcome.
+    c.eval.envs = 16
+    c.eval.workers = 2
 
     # ---- logging ------------------------------------------------------------------------------
     c.log = ml_collections.ConfigDict()
@@ -308,6 +312,8 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.eval.start_source = "simulator"
     c.eval.episodes = 3
     c.eval.periodic_episodes = 2
+    c.eval.envs = 2
+    c.eval.workers = 0
     c.log.progress = False
 
 

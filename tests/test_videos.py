@@ -18,6 +18,8 @@ from diwa_jax import artifacts, evaluate, pipeline, specs, videos
 from diwa_jax.artifacts import caches as ensure_cache
 from diwa_jax.artifacts import data_split_dir as split_dir
 from diwa_jax.artifacts import load_finetuned_actor, load_policy, load_world_model
+from diwa_jax.data.preprocess import wm_observation
+from diwa_jax.envs.batch import SimulatorBatch
 from diwa_jax.stages.start_lists import start_list
 from diwa_jax.world_model import model
 from experiments.calvin import get_config
@@ -95,11 +97,13 @@ def test_real_half_is_the_evaluation_episode_and_the_imagined_half_covers_max_st
 
     # a plain evaluation (no callback) of the first start with the evaluation key sees the same frames
     recorder = RecordingEnv(env)
+    batch = SimulatorBatch.local([recorder], evaluate.observation_transform(evaluation["world_model"],
+                                                                           evaluation["stats"], size))
     plain = evaluate.evaluate_policy(specs.eval_spec(config), TASK, specs.policy_schedule(config), actor_pre, actor_ft,
-                                     episodes=1, key=configlib.stage_key(config, f"evaluate/{TASK}"), env=recorder,
-                                     **evaluation)
+                                     episodes=1, key=configlib.stage_key(config, f"evaluate/{TASK}"), envs=batch,
+                                     world_model=evaluation["world_model"], starts=evaluation["starts"])
     assert plain["sim_steps"] == v.sim_steps and len(recorder.observations) == len(v.real)
-    seen = [evaluate.wm_observation(obs, evaluation["stats"], size)["rgb_static"] for obs in recorder.observations]
+    seen = [wm_observation(obs, evaluation["stats"], size)["rgb_static"] for obs in recorder.observations]
     np.testing.assert_array_equal(np.stack(seen), v.real)
 
 
@@ -108,15 +112,15 @@ def test_imagined_half_starts_from_the_evaluation_latent_is_deterministic_and_fo
     config, actor_pre, actor_ft, evaluation = run
     spec, params = evaluation["world_model"].spec, evaluation["world_model"].params
     first_latents = []
-    filter_frame = evaluate.filter_frame
+    filter_frames = evaluate.filter_frames
 
-    def recording_filter(params, latent, action, obs, reset, key, frame, *, spec):
-        post = filter_frame(params, latent, action, obs, reset, key, frame, spec=spec)
-        if reset:
-            first_latents.append(post)
+    def recording_filter(params, latent, frames, actions, valid, observed, reset, *args, **kwargs):
+        post = filter_frames(params, latent, frames, actions, valid, observed, reset, *args, **kwargs)
+        if reset[0, 0]:
+            first_latents.append(jax.tree.map(lambda x: x[0], post))
         return post
 
-    monkeypatch.setattr(evaluate, "filter_frame", recording_filter)
+    monkeypatch.setattr(evaluate, "filter_frames", recording_filter)
     v = video(run, env, actor_pre, actor_ft)
     # the real episode's first frame, then the video encoding that frame again for its imagined half: same latent
     assert len(first_latents) == 2

@@ -166,6 +166,23 @@ class NormStats:
             np.array_equal(getattr(self, k), getattr(other, k)) for k in ("proprio_min", "proprio_max", "state_min", "state_max"))
 
 
+def wm_observation(obs: dict, stats: NormStats, image_size: int = 64, keys: Sequence[str] | None = None) -> dict:
+    """A simulator observation as the world model reads it, exactly as the data cache stores frames: both
+    cameras area-resized to ``image_size``, proprio (18) and state (51) min-max normalised with ``stats``.
+    ``keys``: only these of rgb_static, rgb_gripper, proprio, state (None: all)."""
+    proprio = robot_obs_to_proprio(obs["robot_obs"], stats.rot6d)
+    wanted = ("rgb_static", "rgb_gripper", "proprio", "state") if keys is None else tuple(keys)
+    out = {}
+    for camera in ("rgb_static", "rgb_gripper"):
+        if camera in wanted:
+            out[camera] = resize_area(np.asarray(obs[camera]), image_size)
+    if "proprio" in wanted:
+        out["proprio"] = stats.normalize_proprio(proprio)
+    if "state" in wanted:
+        out["state"] = stats.normalize_state(np.concatenate([proprio, scene_obs_to_state(obs["scene_obs"], stats.rot6d)], axis=-1))
+    return out
+
+
 def _proprio_and_state(robot_obs: np.ndarray, scene_obs: np.ndarray, rot6d: bool) -> tuple[np.ndarray, np.ndarray]:
     proprio = robot_obs_to_proprio(robot_obs, rot6d)
     return proprio, np.concatenate([proprio, scene_obs_to_state(scene_obs, rot6d)], axis=-1)

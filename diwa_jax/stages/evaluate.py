@@ -35,7 +35,7 @@ from diwa_jax.config import finalize, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.specs import eval_spec, make_env
+from diwa_jax.specs import eval_spec, evaluation_batch, make_env
 from diwa_jax.stages.start_lists import LISTS, start_list
 from diwa_jax.videos import write_task_videos
 
@@ -43,7 +43,7 @@ POLICIES = ("pretrained", "finetuned")
 
 
 def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list_name: str = "final",
-                    ft_steps: int | None = None, env, world_model, cache_stats) -> dict:
+                    ft_steps: int | None = None, envs, world_model) -> dict:
     """One stored policy of the workdir (``pretrained``, or ``finetuned`` of fine-tuning seed ``seed_index``)
     on ``task``'s start list ``list_name``, with the evaluation key of that list. ``ft_steps`` (K') other than
     the one the fine-tuned policy was trained with is refused (``artifacts.load_finetuned_actor``)."""
@@ -55,7 +55,7 @@ def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list
     starts = start_list(config, task, list_name)
     purpose = f"evaluate/{task}" if list_name == "final" else f"evaluate/{task}/{list_name}"
     result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, actor_ft, key=stage_key(config, purpose),
-                             env=env, world_model=world_model, stats=cache_stats, starts=starts.states)
+                             envs=envs, world_model=world_model, starts=starts.states)
     return {**result, "start_list": starts.describe()}
 
 
@@ -197,37 +197,45 @@ def _mean_results(tasks: dict, seeds: int) -> dict:
     }
 
 
+def _write_videos(config, task: str, logger: MetricLogger, world_model, cache_stats) -> int:
+    """The task's rollout videos (pre-trained and seed 0's fine-tuned policy); returns their simulator steps."""
+    schedule, actor_pre = artifacts.load_policy(config, task)
+    policies = {"pretrained": (actor_pre, actor_pre), "finetuned": (actor_pre, artifacts.load_finetuned_actor(config, task, 0))}
+    env = make_env(config)
+    try:
+        return write_task_videos(eval_spec(config), schedule, task, policies, logger,
+                                 artifacts.workdir_file(config, artifacts.VIDEO_DIR), key=stage_key(config, f"evaluate/{task}"),
+                                 env=env, world_model=world_model, stats=cache_stats,
+                                 starts=start_list(config, task, "final").states)
+    finally:
+        env.close()
+
+
 def evaluate_stage(config) -> dict:
     """Stage runner: evaluate, tabulate, plot; returns the results' headline (all of it in ``results.json``)."""
     started = time.time()
     world_model = artifacts.load_world_model(config)
     cache_stats = artifacts.caches(config)["training"].stats
-    env = make_env(config)
     videos = (MetricLogger(artifacts.stage_dir(config, "evaluate"), tensorboard=config.log.tensorboard, video=True)
               if config.log.video else None)
     tasks, curves = {}, {}
-    common = dict(env=env, world_model=world_model, cache_stats=cache_stats)
+    envs = evaluation_batch(config, world_model, cache_stats)
     try:
         for task in config.tasks:
-            pre = evaluate_stored(config, task, "pretrained", **common)
-            finetuned = [evaluate_stored(config, task, "finetuned", seed_index=k, **common) for k in range(config.seeds)]
+            pre = evaluate_stored(config, task, "pretrained", envs=envs, world_model=world_model)
+            finetuned = [evaluate_stored(config, task, "finetuned", seed_index=k, envs=envs, world_model=world_model)
+                         for k in range(config.seeds)]
             tasks[task] = _task_results(config, task, pre, finetuned)
             curves[task] = [artifacts.read_curve(config, task, k) for k in range(config.seeds)]
             if videos is not None:
-                schedule, actor_pre = artifacts.load_policy(config, task)
-                policies = {"pretrained": (actor_pre, actor_pre),
-                            "finetuned": (actor_pre, artifacts.load_finetuned_actor(config, task, 0))}
-                tasks[task]["eval_sim_steps"] += write_task_videos(
-                    eval_spec(config), schedule, task, policies, videos, artifacts.workdir_file(config, artifacts.VIDEO_DIR),
-                    key=stage_key(config, f"evaluate/{task}"), env=env, world_model=world_model, stats=cache_stats,
-                    starts=start_list(config, task, "final").states)
+                tasks[task]["eval_sim_steps"] += _write_videos(config, task, videos, world_model, cache_stats)
             t = tasks[task]
             finetuned_rates = ", ".join(f"{ft['rate']:.3f}" for ft in t["finetuned"])
             info(f"[evaluate] {task}: pre-trained {t['pretrained']['rate']:.3f}, fine-tuned {finetuned_rates} "
                  f"({t['episodes']} episodes each, "
                  f"{pre['start_list']})")
     finally:
-        env.close()
+        envs.close()
         if videos is not None:
             videos.close()
     results = {
@@ -252,15 +260,26 @@ def evaluate_stage(config) -> dict:
 
 # ---- standalone re-evaluation -----------------------------------------------------------------------------
 
-def workdir_config(workdir: str) -> ml_collections.FrozenConfigDict:
-    """The resolved config a finished run saved in ``<workdir>/config.json``."""
+def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict:
+    """The resolved config a finished run saved in ``<workdir>/config.json``. Keys that only say how work is
+    spread (``pipeline.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
+    run predates them, from its preset's defaults."""
+    from diwa_jax.pipeline import COSMETIC  # the pipeline imports this module
+    from experiments.calvin import get_config
+
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no resolved config; is {workdir} the --workdir of a run?")
     with open(path) as f:
         saved = json.load(f)
     saved.pop("derived", None)
-    return finalize(ml_collections.ConfigDict(saved), workdir)
+    config, defaults = ml_collections.ConfigDict(saved), get_config(saved.get("preset", ""))
+    for dotted in COSMETIC:
+        section, name = dotted.split(".")
+        value = execution.get(dotted)
+        if value is not None or name not in config[section]:
+            config[section][name] = defaults[section][name] if value is None else value
+    return finalize(config, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,19 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", choices=LISTS, default="final", help="which stored start list")
     parser.add_argument("--ft_denoising_steps", type=int, default=None,
                         help="K' to sample with (refused unless it is the one the policy was fine-tuned with)")
+    parser.add_argument("--envs", type=int, default=None, help="simulators in lockstep (default: the run's eval.envs)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="simulator processes, 0 = in this one (default: the run's eval.workers)")
     args = parser.parse_args(argv)
     try:
-        config = workdir_config(args.workdir)
+        config = workdir_config(args.workdir, **{"eval.envs": args.envs, "eval.workers": args.workers})
         if args.task not in config.tasks:
             raise ValueError(f"--task {args.task!r}: the run has tasks {', '.join(config.tasks)}")
-        env = make_env(config)
+        world_model = artifacts.load_world_model(config)
+        envs = evaluation_batch(config, world_model, artifacts.caches(config)["training"].stats)
         try:
             result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
-                                     ft_steps=args.ft_denoising_steps, env=env,
-                                     world_model=artifacts.load_world_model(config),
-                                     cache_stats=artifacts.caches(config)["training"].stats)
+                                     ft_steps=args.ft_denoising_steps, envs=envs, world_model=world_model)
         finally:
-            env.close()
+            envs.close()
     except (ExpectedFailure, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.specs import eval_spec, finetune_spec, make_env, sampler_record
+from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
@@ -144,9 +144,10 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
 
 # ---- one task -----------------------------------------------------------------------------------------
 
-def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, stats, env) -> dict:
+def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, stats, env, envs) -> dict:
     """Fine-tune ``task``'s policy under fine-tuning seed ``seed_index`` (resuming from its checkpoints);
-    returns the run's summary."""
+    returns the run's summary. ``env`` renders the start pool, ``envs`` (a ``SimulatorBatch``) runs the
+    periodic evaluations."""
     started = time.time()
     ppo = config.ppo
     schedule, actor_pre = artifacts.load_policy(config, task)
@@ -163,8 +164,8 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
     def evaluate(actor) -> dict:
         nonlocal eval_steps
         result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, jax.device_get(actor),
-                                 key=stage_key(config, f"evaluate/{task}/periodic"), env=env,
-                                 world_model=world_model, stats=stats, starts=eval_starts.states)
+                                 key=stage_key(config, f"evaluate/{task}/periodic"), envs=envs,
+                                 world_model=world_model, starts=eval_starts.states)
         eval_steps += result["sim_steps"]
         return result
 
@@ -224,17 +225,20 @@ def finetune(config) -> dict:
     world_model = artifacts.load_world_model(config)
     caches = artifacts.caches(config)
     stats = caches["training"].stats
-    env = make_env(config)
+    env, envs = make_env(config), None
     summary = {}
     try:
+        envs = evaluation_batch(config, world_model, stats)
         for k in range(config.seeds):  # every task's seed 0 first
             for task in config.tasks:
-                s = summary[f"{task}/seed{k}"] = finetune_task(config, task, k, world_model, stats, env)
+                s = summary[f"{task}/seed{k}"] = finetune_task(config, task, k, world_model, stats, env, envs)
                 info(f"[finetune] {task} seed {k}: {s['iterations']} iterations in {s['wall_time_s']:.0f} s, imagined "
                      f"success {s['imagined_success_first']} -> {s['imagined_success']}, real (periodic list) "
                      f"{s['real_success_pretrained']} -> {s['real_success_final']}, simulator steps while "
                      f"fine-tuning: {s['finetune_sim_steps']}")
     finally:
+        if envs is not None:
+            envs.close()
         env.close()
     summary["finetune_sim_steps"] = sum(s["finetune_sim_steps"] for s in summary.values())
     return summary
