@@ -168,6 +168,13 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "eval.workers": _non_negative,
 }
 
+# Keys that change what is logged, how often state is saved or how work is spread over processes, never
+# what a stage computes (a resumed run ends with the numbers of an uninterrupted one, whatever the
+# checkpoint interval; an evaluation episode's noise does not depend on the simulator it runs on, though
+# batching can change a few episodes' floating-point paths).
+COSMETIC = ("collect.workers", "wm.log_every", "wm.image_every", "wm.ckpt_every", "policy.ckpt_every",
+            "ppo.ckpt_every", "eval.envs", "eval.workers")
+
 # Relations between keys: (keys named in the error, predicate on the config, message).
 _RELATIONS = (
     ("policy.ft_denoising_steps", lambda c: c.policy.ft_denoising_steps <= c.policy.denoising_steps,

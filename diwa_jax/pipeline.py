@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 from diwa_jax.artifacts import STAGE_MARKER as MARKER
 from diwa_jax.artifacts import stage_dir
 from diwa_jax.atomic import write_json, write_text
-from diwa_jax.config import ConfigError, sections, to_json
+from diwa_jax.config import COSMETIC, ConfigError, sections, to_json
 from diwa_jax.logging import info
 from diwa_jax.errors import TrainingDiverged
 from diwa_jax.stages import collect, evaluate, featurize, finetune, policy, reward, world_model
@@ -37,13 +37,6 @@ from diwa_jax.stages import collect, evaluate, featurize, finetune, policy, rewa
 STARTED = "STARTED.json"
 DIVERGED = "DIVERGED.json"
 RESOLVED_CONFIG = "config.json"
-
-# Keys that change what is logged, how often state is saved or how work is spread over processes, never
-# what a stage computes (a resumed run ends with the numbers of an uninterrupted one, whatever the
-# checkpoint interval; an evaluation episode's noise does not depend on the simulator it runs on, though
-# batching can change a few episodes' floating-point paths).
-COSMETIC = ("collect.workers", "wm.log_every", "wm.image_every", "wm.ckpt_every", "policy.ckpt_every",
-            "ppo.ckpt_every", "eval.envs", "eval.workers")
 
 
 @dataclasses.dataclass(frozen=True)

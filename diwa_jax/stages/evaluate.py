@@ -31,7 +31,7 @@ import numpy as np
 
 from diwa_jax import artifacts, stats
 from diwa_jax.atomic import atomic_write, write_json
-from diwa_jax.config import finalize, stage_key
+from diwa_jax.config import COSMETIC, finalize, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.logging import MetricLogger, info
@@ -262,9 +262,8 @@ def evaluate_stage(config) -> dict:
 
 def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict:
     """The resolved config a finished run saved in ``<workdir>/config.json``. Keys that only say how work is
-    spread (``pipeline.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
+    spread (``config.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
     run predates them, from its preset's defaults."""
-    from diwa_jax.pipeline import COSMETIC  # the pipeline imports this module
     from experiments.calvin import get_config
 
     path = os.path.join(workdir, "config.json")
