@@ -101,7 +101,7 @@ def encode_observation(world_model: model.WorldModel, stats: NormStats, obs: dic
     """Posterior latent (batch 1) of one simulator observation: an episode's first frame when ``latent`` is
     None (a reset step from the zero latent; pass ``RESET_ACTION``), else the frame ``action`` led to."""
     spec = world_model.spec
-    wm_obs = {k: v for k, v in wm_observation(obs, stats, image_size).items() if k in spec.obs_keys}
+    wm_obs = wm_observation(obs, stats, image_size, spec.obs_keys)
     reset = latent is None
     latent = model.initial_latent(1, spec) if reset else latent
     return filter_frame(world_model.params, latent, np.asarray(action, np.float32), wm_obs, np.bool_(reset), key,
