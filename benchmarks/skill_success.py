@@ -2,7 +2,7 @@
 
 For each of the 8 DiWA tasks: ``--episodes`` start states from ``sample_start_state`` (seed = base +
 episode), the clean expert (``style=None``), no rendering; an episode succeeds at the first step
-where ``oracle.success(start, now, task)`` holds. Prints a markdown table.
+where the task's predicate ``tasks.success(task, start, now)`` holds. Prints a markdown table.
 
     python benchmarks/skill_success.py [--episodes 50] [--budget 72]
 """
@@ -13,7 +13,8 @@ import argparse
 import numpy as np
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.oracle import TASKS, success_all_np
+from diwa_jax.envs import tasks
+from diwa_jax.envs.tasks.diwa import TASKS
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.envs.playtable.skills import make_skill, sample_start_state
 
@@ -24,10 +25,9 @@ def run_episode(env: PlayTable, task: str, seed: int, budget: int) -> int | None
     obs = env.reset(*sample_start_state(task, rng))
     start = obs[P.SCENE_OBS].copy()
     skill = make_skill(task, obs, rng)
-    column = TASKS.index(task)
     for step in range(1, budget + 1):
         obs, _ = env.step(skill.act(obs))
-        if success_all_np(start, obs[P.SCENE_OBS])[column]:
+        if tasks.success(task, start, obs[P.SCENE_OBS]):
             return step
     return None
 

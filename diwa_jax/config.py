@@ -14,7 +14,7 @@ from typing import Any, Callable
 import ml_collections
 
 from diwa_jax.data.preprocess import proprio_dim, scene_state_dim
-from diwa_jax.envs.oracle import TASKS
+from diwa_jax.envs import tasks as task_registry
 from diwa_jax.errors import ConfigError
 
 
@@ -217,9 +217,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             what = _DESCRIBE.get(rule) or rule.__doc__ or "has an invalid value"
             raise ConfigError(f"config.{key}: {what} (got {value!r})")
     tasks = tuple(config.tasks)
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in task_registry.names()]
     if not tasks or unknown:
-        raise ConfigError(f"config.tasks: unknown task(s) {unknown} (choose from {', '.join(TASKS)})")
+        raise ConfigError(f"config.tasks: unknown task(s) {unknown} (choose from {', '.join(task_registry.names())}, "
+                          "or register a new one with diwa_jax.envs.tasks.register)")
     for key, holds, message in _RELATIONS:
         if not holds(config):
             raise ConfigError(f"config.{key}: {message} (got {_get(config, key)!r})")
@@ -242,7 +243,6 @@ def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     d.samples_per_iteration = config.ppo.n_envs * config.ppo.n_steps
     d.ppo_minibatches = max(1, math.ceil(d.samples_per_iteration / config.ppo.batch_size))
     d.wm_steps_per_iteration = d.samples_per_iteration * config.policy.act_steps
-    d.task_ids = tuple(TASKS.index(t) for t in config.tasks)
     return d
 
 

@@ -30,7 +30,6 @@ from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import NormStats, wm_observation
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.batch import Reset, SimulatorBatch, Steps
-from diwa_jax.envs.oracle import task_index
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.types import Latent
@@ -219,7 +218,7 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
     if n == 0:
         raise ValueError(f"evaluate '{task}': no start states (the validation split has no window of the task); "
                          "collect more validation data (config.collect.val_frames) or drop the task")
-    column, count, horizon = task_index(task), envs.num_envs, spec.act_steps
+    count, horizon = envs.num_envs, spec.act_steps
     success, used = np.zeros(n, bool), np.zeros(n, np.int64)
     episode = np.full(count, -1)  # the episode each simulator runs (-1: none)
     steps, chunk = np.zeros(count, np.int64), np.zeros(count, np.int32)
@@ -229,7 +228,7 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
         for s in range(count):
             if episode[s] >= 0:
                 budget = min(horizon, spec.max_steps - int(steps[s]))
-                commands[s] = Steps(executed_actions(chunks[s, :budget]), column)
+                commands[s] = Steps(executed_actions(chunks[s, :budget]), task)
             elif started < n:
                 episode[s], steps[s], chunk[s] = started, 0, 0
                 commands[s] = Reset(robot_starts[started], scene_starts[started])

@@ -13,7 +13,7 @@ not set here: ``diwa_jax.config.finalize`` derives them into ``config.derived`` 
 """
 import ml_collections
 
-from diwa_jax.envs.oracle import TASKS  # noqa: F401  (the task list; config.tasks selects from it)
+from diwa_jax.envs.tasks.diwa import TASKS  # the benchmark's 8 tasks; config.tasks may name any registered task
 
 PRESETS = ("paper", "quick", "tiny")
 

@@ -15,7 +15,7 @@ from diwa_jax.data.batching import RESET_ACTION
 from diwa_jax.data.preprocess import build_dataset_cache, compute_norm_stats, load_cache, wm_observation
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.batch import Reset, SimulatorBatch, Steps
-from diwa_jax.envs.oracle import success_all_np, task_index
+from diwa_jax.envs import tasks
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.stages.start_lists import validation_starts
@@ -87,7 +87,7 @@ def test_batch_steps_stop_on_the_task_success_and_apply_the_transform():
     first = batch.run([Reset(robot, np.zeros(24)), Reset(robot, np.zeros(24))])
     assert [len(o.observations) for o in first] == [1, 1] and not first[0].success
     actions = np.zeros((4, 7))
-    opening, closing = batch.run([Steps(actions, task_index("open_drawer")), Steps(actions, task_index("close_drawer"))])
+    opening, closing = batch.run([Steps(actions, "open_drawer"), Steps(actions, "close_drawer")])
     assert (opening.success, len(opening.observations)) == (True, 3)  # +0.15 > 0.12 after the 3rd step
     assert (closing.success, len(closing.observations)) == (False, 4)
     assert [o["t"] for o in opening.observations] == [42, 84, 126]  # the transform ran on every frame
@@ -119,7 +119,7 @@ def reference_episode(config, env, robot, scene, episode, task, *, world_model, 
             action = evaluate.executed_actions(np.asarray(actions[i]))
             obs, _ = env.step(action)
             steps += 1
-            if success_all_np(start, obs["scene_obs"])[task_index(task)]:
+            if tasks.success(task, start, obs["scene_obs"]):
                 return True, steps
             if steps >= spec.max_steps:
                 return False, steps

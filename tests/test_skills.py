@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.oracle import TASKS, success_all_np
+from diwa_jax.envs import tasks
+from diwa_jax.envs.tasks.diwa import TASKS
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.envs.playtable.play import play_stream
 from diwa_jax.envs.playtable.skills import Style, make_skill, precondition, sample_start_state
@@ -29,7 +30,7 @@ def _run(env, task, seed, style=None):
         action = skill.act(obs)
         assert action.shape == (7,) and action[6] in (-1.0, 1.0) and np.all(np.abs(action[:6]) <= 1.0)
         obs, _ = env.step(action)
-        if success_all_np(start, obs[P.SCENE_OBS])[TASKS.index(task)]:
+        if tasks.success(task, start, obs[P.SCENE_OBS]):
             return step
     return None
 
@@ -83,8 +84,8 @@ def test_play_stream_is_deterministic_and_labels_completions(env):
     seen = set()
     for i in range(1, len(frames)):
         segment = frames[i - 1].segment
-        flags = success_all_np(starts[segment], frames[i].obs[P.SCENE_OBS])
-        for task, flag in zip(TASKS, flags):
+        flags = tasks.success_table(starts[segment], frames[i].obs[P.SCENE_OBS])
+        for task, flag in zip(tasks.names(), flags):
             if flag and (segment, task) not in seen:
                 seen.add((segment, task))
                 expected[i].add(task)

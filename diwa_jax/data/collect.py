@@ -18,7 +18,7 @@ import numpy as np
 
 from diwa_jax.atomic import atomic_write
 from diwa_jax.data import calvin_format as cf
-from diwa_jax.envs.oracle import TASKS, success_all_np
+from diwa_jax.envs import tasks
 
 SPLITS = ("training", "validation")
 SEGMENT_RECORDS = ".segments"
@@ -50,15 +50,16 @@ def annotation_window(scenes: np.ndarray, completed: int, task: str, window: int
     window's first frame hold)."""
     end = min(completed + post, len(scenes) - 1)
     start = max(end - window + 1, 0)
-    holds = success_all_np(scenes[start:completed + 1], scenes[completed])[:, TASKS.index(task)]
+    holds = tasks.success(task, scenes[start:completed + 1], scenes[completed])
     return start + int(np.argmax(holds)), end
 
 
 _ENV = None  # one simulator per worker process, built by init_worker
 
 
-def init_worker(env_kwargs: dict) -> None:
+def init_worker(env_kwargs: dict, task_modules: tuple[str, ...]) -> None:
     global _ENV
+    tasks.import_modules(task_modules)  # play labels every task its parent knows
     from diwa_jax.envs.playtable.env import PlayTable
     _ENV = PlayTable(**env_kwargs)
 

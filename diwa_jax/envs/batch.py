@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from diwa_jax.envs.oracle import success_all_np
+from diwa_jax.envs import tasks
 from diwa_jax.workers import die_with_parent
 
 
@@ -35,10 +35,10 @@ class Reset:
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """Execute ``actions (n, 7)`` (gripper already +-1) until one reaches the oracle success of task
-    column ``task`` (None: never stop early)."""
+    ``task`` (a registered task's name; None: never stop early)."""
 
     actions: np.ndarray
-    task: int | None = None
+    task: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +72,18 @@ class _Slot:
         for action in np.asarray(command.actions, np.float64):
             obs, _ = self.env.step(action)
             observations.append(self._out(obs))
-            if command.task is not None and success_all_np(self.start_scene, np.asarray(obs["scene_obs"]))[command.task]:
+            if command.task is not None and tasks.success(command.task, self.start_scene, obs["scene_obs"]):
                 return Outcome(observations, True)
         return Outcome(observations, False)
 
 
-def _worker_main(connection, parent_pid: int, make_env: Callable, count: int, transform: Callable | None) -> None:
+def _worker_main(connection, parent_pid: int, make_env: Callable, count: int, transform: Callable | None,
+                 task_modules: tuple[str, ...]) -> None:
     """A worker's loop: build ``count`` simulators, then answer each list of commands with their outcomes."""
     die_with_parent(parent_pid)
     slots = []
     try:
+        tasks.import_modules(task_modules)  # the tasks its parent registered outside diwa_jax
         slots = [_Slot(make_env(), transform) for _ in range(count)]
         connection.send(("ready", None))
         while True:
@@ -128,7 +130,7 @@ class SimulatorBatch:
             for share in shares:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(target=_worker_main, daemon=True,
-                                          args=(child_end, os.getpid(), make_env, share, transform))
+                                          args=(child_end, os.getpid(), make_env, share, transform, tasks.modules()))
                 process.start()
                 child_end.close()
                 started.append((process, parent_end))

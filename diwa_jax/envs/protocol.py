@@ -132,7 +132,7 @@ class Simulator(Protocol):
     """A CALVIN-compatible simulator.
 
     ``step`` returns ``(obs, info)``; reward and done do not exist (success is judged outside by
-    ``diwa_jax.envs.oracle`` on ``scene_obs``). ``info`` holds at least ``robot_obs``, ``scene_obs``
+    the task predicates of ``diwa_jax.envs.tasks`` on ``scene_obs``). ``info`` holds at least ``robot_obs``, ``scene_obs``
     and ``scene_info`` with CALVIN's ``doors``/``buttons``/``switches``/``lights`` entries.
     """
 

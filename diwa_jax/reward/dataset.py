@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from diwa_jax.data.preprocess import Cache
-from diwa_jax.envs.oracle import success_all_np, task_index
+from diwa_jax.envs import tasks
 from diwa_jax.reward.train import evaluate_classifier
 
 
 def window_labels(scene_obs: np.ndarray, windows: np.ndarray, task: str) -> list[np.ndarray]:
     """Per window ``(L,)`` bool: the oracle on (the window's first scene, each frame's scene)."""
-    column = task_index(task)
-    return [success_all_np(scene_obs[start], np.asarray(scene_obs[start:end + 1]))[:, column]
+    return [tasks.success(task, scene_obs[start], scene_obs[start:end + 1])
             for start, end in windows]
 
 

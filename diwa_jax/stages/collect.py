@@ -9,6 +9,7 @@ import numpy as np
 from diwa_jax import artifacts
 from diwa_jax.data import calvin_format as cf
 from diwa_jax.data.collect import SPLITS, SegmentJob, collect_segment, init_worker, load_record, segment_done
+from diwa_jax.envs import tasks as task_registry
 from diwa_jax.logging import info, progress
 from diwa_jax.workers import worker_pool
 
@@ -44,7 +45,8 @@ def collect(config) -> dict:
     if todo:
         bar = progress(range(total), total=total, initial=done, desc="collect", enabled=config.log.progress)
         workers = min(config.collect.workers, len(todo))
-        with worker_pool(workers, initializer=init_worker, initargs=(env_kwargs,)) as pool:
+        with worker_pool(workers, initializer=init_worker,
+                         initargs=(env_kwargs, task_registry.modules())) as pool:
             for n in pool.imap_unordered(collect_segment, todo):
                 if hasattr(bar, "update"):
                     bar.update(n)

@@ -34,17 +34,18 @@ import jax
 import numpy as np
 
 from diwa_jax import artifacts, distributed
-from diwa_jax.stages.start_lists import sampled_starts, start_list, task_stream
 from diwa_jax.atomic import atomic_write
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import ConfigError, stage_key
 from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
+from diwa_jax.envs import tasks
 from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record
+from diwa_jax.stages.start_lists import sampled_starts, start_list
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
@@ -72,7 +73,7 @@ class CountingEnv:
 def simulator_start_states(config, task: str, n: int, seed_index: int) -> tuple[np.ndarray, np.ndarray]:
     """``(robot_obs (n, 15), scene_obs (n, 24))``: random starts of ``task`` for fine-tuning seed ``seed_index``,
     from the stream (config.seed, crc32(task), START_STREAM, seed_index)."""
-    return sampled_starts(task, n, (config.seed, task_stream(task), START_STREAM, seed_index))
+    return sampled_starts(task, n, (config.seed, tasks.stream(task), START_STREAM, seed_index))
 
 
 def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:

@@ -18,7 +18,7 @@ from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
 from diwa_jax.data.batching import epoch_batch_rows, expert_windows, steps_per_epoch
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
-from diwa_jax.envs.oracle import task_index
+from diwa_jax.envs import tasks
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.policy.bc import BCBatch, bc_samples, create_bc_state, make_bc_update, mean_bc_loss
 from diwa_jax.specs import bc_spec, policy_schedule
@@ -35,7 +35,7 @@ def train_task_policy(config, task: str, cond: np.ndarray, actions: np.ndarray) 
     spec = bc_spec(config)
     state = create_bc_state(stage_key(config, f"policy/{task}"), spec, cond.shape[-1], per_epoch)
     update = make_bc_update(spec, schedule, per_epoch)
-    seed = (config.seed, task_index(task))
+    seed = (config.seed, tasks.stream(task))
 
     def batch_fn(step: int) -> BCBatch:
         rows = epoch_batch_rows(n, cfg.batch_size, seed, step)

@@ -25,7 +25,7 @@ from diwa_jax.config import stage_key
 from diwa_jax.data.batching import epoch_batch_rows, expert_windows, steps_per_epoch, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.data.preprocess import Cache
-from diwa_jax.envs.oracle import task_index
+from diwa_jax.envs import tasks
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.reward.dataset import validation_metrics, validation_set, window_actions, window_labels
 from diwa_jax.reward.train import RewardBatch, balance_episode_samples, create_reward_state, make_reward_update
@@ -63,7 +63,7 @@ def training_set(config, task: str, windows: np.ndarray, cache: Cache, features:
                                                 window_actions(cache.rel_actions, windows), key,
                                                 spec=world_model.spec))
         episodes += [(imagined[w, :len(lab) - 1], lab[1:]) for w, lab in enumerate(labels) if len(lab) > 1]
-    rng = np.random.default_rng([config.seed, task_index(task), _BALANCE_STREAM])
+    rng = np.random.default_rng([config.seed, tasks.stream(task), _BALANCE_STREAM])
     picks = balance_episode_samples([lab for _, lab in episodes], cfg.negatives_per_episode, rng,
                                     quirk=cfg.balance_quirk)
     return {
@@ -81,7 +81,7 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     spec = reward_spec(config)
     state = create_reward_state(stage_key(config, f"reward/{task}"), spec, train["features"].shape[-1])
-    seed = (config.seed, task_index(task), _SHUFFLE_STREAM)
+    seed = (config.seed, tasks.stream(task), _SHUFFLE_STREAM)
 
     def batch_fn(step: int) -> RewardBatch:
         rows = epoch_batch_rows(n, cfg.batch_size, seed, step)

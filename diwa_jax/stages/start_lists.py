@@ -11,7 +11,7 @@ fine-tuning seed and every rerun is judged from exactly the same starts:
   ``validation`` (CALVIN's protocol): the first state of each validation window of the task, shuffled with
     ``eval.start_seed``; the first ``eval.periodic_episodes`` form the periodic list, the next
     ``eval.episodes`` (0: all the rest) the final one.
-  ``simulator``: random starts of the task (``skills.sample_start_state``), each list from its own numpy
+  ``simulator``: random starts of the task (its registered start distribution, ``skills.sample_start_state``), each list from its own numpy
     stream ``(eval.start_seed, crc32(task), stream)``. ``config.seed`` is not part of it, so runs of other
     seeds evaluate on the same lists; fine-tuning's start pools come from streams with ``config.seed``
     and a different stream number. Streams follow the task's name, not its position in the task list.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from diwa_jax import artifacts
 from diwa_jax.atomic import atomic_write
 from diwa_jax.data.batching import task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
+from diwa_jax.envs import tasks
 from diwa_jax.errors import ConfigError, DataError
 
 LISTS = ("final", "periodic")
@@ -55,11 +55,6 @@ class StartList:
         return f"{self.name} list, {len(self)} {self.source} starts"
 
 
-def task_stream(task: str) -> int:
-    """A task's numpy stream number from its name (inserting a task does not reshuffle the others)."""
-    return zlib.crc32(task.encode()) & 0x7FFFFFFF
-
-
 def sampled_starts(task: str, n: int, stream: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random starts of ``task`` from the numpy stream ``stream``: ``(robot_obs (n, 15), scene_obs (n, 24))``;
     the first ``m`` of ``n`` are the ``m`` starts of a shorter draw."""
@@ -79,14 +74,14 @@ def _make(config, task: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     e = config.eval
     if e.start_source == "simulator":
         return sampled_starts(task, e.episodes if name == "final" else e.periodic_episodes,
-                              (e.start_seed, task_stream(task), STREAMS[name]))
+                              (e.start_seed, tasks.stream(task), STREAMS[name]))
     robot, scene = validation_starts(CalvinSplit(artifacts.data_split_dir(config, "validation")),
                                      artifacts.caches(config)["validation"], task)
     if len(robot) <= e.periodic_episodes:
         raise DataError(f"{artifacts.data_split_dir(config, 'validation')}: {len(robot)} validation windows of "
                         f"'{task}', not more than config.eval.periodic_episodes={e.periodic_episodes}; collect more "
                         "validation data, lower eval.periodic_episodes or use eval.start_source='simulator'")
-    order = np.random.default_rng([e.start_seed, task_stream(task), STREAMS["final"]]).permutation(len(robot))
+    order = np.random.default_rng([e.start_seed, tasks.stream(task), STREAMS["final"]]).permutation(len(robot))
     periodic, final = order[:e.periodic_episodes], order[e.periodic_episodes:]
     if e.episodes:
         final = final[:e.episodes]

@@ -1,9 +1,9 @@
 """A stream of scripted, human-play-like frames from the play-table.
 
-The stream chains activities: task skills whose precondition holds (the drawer is not opened when it
+The stream chains activities: skills of the registered scripted tasks whose precondition holds (the drawer is not opened when it
 is already open), partial door/drawer moves, free moves through the workspace and pauses. Each skill gets a random style
 (``skills.sample_style``, scaled by ``noise``) and is left unfinished on purpose with probability
-``failure_prob``. Every frame carries the oracle's verdict: the tasks whose predicate first became
+``failure_prob``. Every frame carries the oracle's verdict: the registered tasks whose predicate first became
 true at this frame, relative to the scene when the current activity began (what a language annotator
 would label as completed there).
 """
@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.oracle import TASKS, success_all_np
+from diwa_jax.envs import tasks
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.envs.playtable.scene import sample_scene_obs
 from diwa_jax.envs.playtable.skills import (
@@ -74,7 +74,7 @@ class _Pause:
 def _next_activity(obs: P.Obs, rng: np.random.Generator, noise: float, failure_prob: float):
     draw = rng.random()
     if draw < SKILL_PROB:
-        feasible = [t for t in TASKS if precondition(t, obs[P.SCENE_OBS])]
+        feasible = [t for t in tasks.scripted() if precondition(t, obs[P.SCENE_OBS])]
         task = feasible[int(rng.integers(len(feasible)))]
         style = sample_style(rng, noise, fail=bool(rng.random() < failure_prob))
         return task, make_skill(task, obs, rng, style)
@@ -99,11 +99,12 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
     obs = env.reset(sample_robot_obs(rng), sample_scene_obs(rng))
     activity, name, segment = None, "", -1
     start_scene = obs[P.SCENE_OBS].copy()
-    done = np.zeros(len(TASKS), dtype=bool)
+    names = tasks.names()
+    done = np.zeros(len(names), dtype=bool)
     for _ in range(n_frames):
-        newly = success_all_np(start_scene, obs[P.SCENE_OBS]) & ~done
+        newly = tasks.success_table(start_scene, obs[P.SCENE_OBS]) & ~done
         done |= newly
-        completed = tuple(t for t, flag in zip(TASKS, newly) if flag)
+        completed = tuple(t for t, flag in zip(names, newly) if flag)
         action = None
         while action is None:
             if activity is None or activity.finished:

@@ -1,4 +1,4 @@
-"""Scripted skills for the 8 DiWA tasks, emitting CALVIN's 7-D relative actions.
+"""Scripted skills of the registered tasks (``envs/tasks``), emitting CALVIN's 7-D relative actions.
 
 A skill is a list of TCP waypoints followed by a proportional controller like the test waypoints
 of ``calvin_conventions.md`` section 6, ``a_pos = (goal - tcp) / (1.5 MAX_POS)`` with its norm
@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.oracle import TASKS
+from diwa_jax.envs import tasks
 from diwa_jax.envs.playtable import scene as S
+from diwa_jax.envs.playtable.waypoint import Waypoint
 from diwa_jax.envs.playtable.robot import ARM_LOWER, ARM_UPPER, FINGER_OPEN, NEUTRAL_JOINTS, PandaKinematics
 
 NEUTRAL_ORN = np.asarray(P.NEUTRAL_ROBOT_OBS[P.TCP_ORN])
-FINGER_HALF_THICKNESS = 0.0105  # closed fingers, across the spread axis (world y at neutral yaw)
-FINGER_HALF_SPAN = 0.026  # closed fingers, along the spread axis (world x at neutral yaw)
 REACH_TOL = 0.012  # m, an approach waypoint counts as reached ...
 SETTLE_MOTION = 0.005  # m/step, ... once the TCP has also slowed down (the commanded target leads it)
 STALL_STEPS = 4  # a push waypoint ends after this many steps with < STALL_PROGRESS progress
@@ -65,116 +64,16 @@ def sample_style(rng: np.random.Generator, noise: float, fail: bool = False) -> 
     )
 
 
-@dataclass(frozen=True)
-class Waypoint:
-    goal: tuple[float, float, float]  # absolute TCP goal, or an offset from the TCP when relative
-    gripper: float = -1.0
-    push: bool = False  # contact phase: also ends on stall
-    relative: bool = False
-
-
-# ---- per-task waypoints --------------------------------------------------------------------------------
-
-_DRAWER_X = 0.5 * (S.DRAWER_HANDLE_X[0] + S.DRAWER_HANDLE_X[1])
-_DRAWER_Z = 0.5 * (S.DRAWER_HANDLE_Z[0] + S.DRAWER_HANDLE_Z[1])
-_SWITCH_X = 0.5 * (S.SWITCH_HANDLE_X[0] + S.SWITCH_HANDLE_X[1])
-_SWITCH_Z = 0.50  # TCP height on the handle at joint 0 (handle spans 0.478-0.56; the fingers reach up from the TCP)
-_LIFT = (0.0, 0.0, 0.08)
-
-
-def _switch_point(face_y: float, q: float) -> tuple[float, float]:
-    """(y, z) of a handle face point at joint value q (the joint slides up the incline)."""
-    return face_y + q * S.SWITCH_AXIS[1], _SWITCH_Z + q * S.SWITCH_AXIS[2]
-
-
-def _waypoints(task: str, scene_obs: np.ndarray, frac: float, rng: np.random.Generator, offset_std: float) -> list[Waypoint]:
-    """Waypoints of ``task`` from the current scene; ``frac`` < 1 shortens the contact phase."""
-    s = scene_obs
-    j = rng.normal(0.0, offset_std, 3) if offset_std > 0 else np.zeros(3)  # approach offsets
-    if task in ("open_drawer", "close_drawer"):
-        d = s[P.DRAWER]
-        x = _DRAWER_X + rng.uniform(-0.05, 0.05) + j[0]
-        if task == "open_drawer":  # fingers between the drawer front and the handle bar, pull toward -y
-            y = 0.5 * (S.DRAWER_FRONT_Y + S.DRAWER_HANDLE_Y[1]) - d
-            y_end = y - frac * (P.DRAWER_RANGE[1] + 0.02 - d)
-        else:  # fingers in front of the handle bar, push toward +y
-            y = S.DRAWER_HANDLE_Y[0] - d - FINGER_HALF_THICKNESS - 0.025
-            y_end = y + frac * (d + 0.04)
-        z = _DRAWER_Z + 0.005
-        return [
-            Waypoint((x, y + 0.2 * j[1], 0.50 + j[2])),
-            Waypoint((x, y, z)),
-            Waypoint((x, y_end, z), push=True),
-            Waypoint(_LIFT, relative=True),
-        ]
-    if task in ("move_slider_left", "move_slider_right"):
-        sl = s[P.SLIDER]
-        y = 0.015  # between the handle's front and the door
-        if task == "move_slider_left":  # on the handle's +x side, push toward -x
-            x = S.SLIDE_HANDLE_X[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
-            x_end = x - frac * (P.SLIDER_RANGE[1] + 0.02 - sl)
-        else:
-            x = S.SLIDE_HANDLE_X[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
-            x_end = x + frac * (sl + 0.02)
-        z = 0.55 + rng.uniform(-0.02, 0.02)
-        return [
-            Waypoint((x, -0.06 + j[1], 0.62 + j[2])),
-            Waypoint((x, y, 0.62)),
-            Waypoint((x, y, z)),
-            Waypoint((x_end, y, z), push=True),
-            Waypoint((0.0, -0.07, 0.05), relative=True),
-        ]
-    if task in ("turn_on_lightbulb", "turn_off_lightbulb"):
-        q = s[P.SWITCH]
-        x = _SWITCH_X + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
-        if task == "turn_on_lightbulb":  # behind the TCP: the handle's -y face, push up the incline
-            face = S.SWITCH_HANDLE_Y[0] - FINGER_HALF_THICKNESS - 0.01
-            y0, z0 = _switch_point(face, q)
-            y1, z1 = _switch_point(face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
-            above = (x, y0 - 0.03 + 0.3 * j[1], 0.60 + j[2])
-            retreat = (0.0, -0.06, 0.06)
-        else:  # the handle's +y face, push down the incline
-            face = S.SWITCH_HANDLE_Y[1] + FINGER_HALF_THICKNESS + 0.01
-            y0, z0 = _switch_point(face, q)
-            y1, z1 = _switch_point(face, q - frac * (q + 0.02))
-            y0 += 0.01
-            # From the -x side at the handle's height: above the handle is at the edge of the reach.
-            above = (x - 0.08 + 0.3 * j[0], y0 + 0.3 * abs(j[1]), z0 + 0.02 + abs(j[2]))
-            retreat = (0.0, 0.0, 0.08)
-        return [
-            Waypoint(above),
-            Waypoint((x, y0, z0)),
-            Waypoint((x, y1, z1), push=True),
-            Waypoint(retreat, relative=True),
-        ]
-    if task in ("turn_on_led", "turn_off_led"):
-        bx, by = S.BUTTON_XY
-        x, y = bx + 0.3 * j[0], by + 0.3 * j[1]
-        z_press = S.BUTTON_TOP_Z - 0.032 if frac >= 1 else S.BUTTON_TOP_Z - 0.004
-        return [
-            Waypoint((x, y, 0.56 + j[2])),
-            Waypoint((x, y, z_press), push=True),
-            Waypoint((x, y, 0.56)),
-        ]
-    raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
+def _skill(task: str) -> tasks.Skill:
+    skill = tasks.get(task).skill
+    if skill is None:
+        raise ValueError(f"task {task!r} has no scripted skill; scripted tasks: {', '.join(tasks.scripted())}")
+    return skill
 
 
 def precondition(task: str, scene_obs: np.ndarray) -> bool:
     """True when ``task`` is not done yet and can succeed from this scene (e.g. the drawer is not open)."""
-    s = np.asarray(scene_obs)
-    checks = {
-        "open_drawer": s[P.DRAWER] < P.DRAWER_RANGE[1] - 0.13,
-        "close_drawer": s[P.DRAWER] > 0.13,
-        "move_slider_left": s[P.SLIDER] < P.SLIDER_RANGE[1] - 0.16,
-        "move_slider_right": s[P.SLIDER] > 0.16,
-        "turn_on_lightbulb": s[P.LIGHTBULB] < 0.5,
-        "turn_off_lightbulb": s[P.LIGHTBULB] > 0.5,
-        "turn_on_led": s[P.LED] < 0.5,
-        "turn_off_led": s[P.LED] > 0.5,
-    }
-    if task not in checks:
-        raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
-    return bool(checks[task])
+    return bool(_skill(task).precondition(np.asarray(scene_obs)))
 
 
 class WaypointSkill:
@@ -246,7 +145,8 @@ class WaypointSkill:
 
 
 def _build(task: str, obs: P.Obs, rng: np.random.Generator, style: Style, frac: float) -> WaypointSkill:
-    waypoints = _waypoints(task, np.asarray(obs[P.SCENE_OBS]), frac, rng, style.offset_std)
+    offsets = rng.normal(0.0, style.offset_std, 3) if style.offset_std > 0 else np.zeros(3)  # of the approach
+    waypoints = _skill(task).waypoints(np.asarray(obs[P.SCENE_OBS]), frac, rng, offsets)
     if frac == 0.0:  # give up before contact, somewhere on the approach
         waypoints = [w for w in waypoints if not w.push][: int(rng.integers(1, 3))]
     return WaypointSkill(waypoints, rng, style, _orientation_goal(rng, style))
@@ -269,18 +169,11 @@ def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | N
     return _build(task, obs, rng, style, frac)
 
 
-NUDGE_ROOM = {  # task -> (scene_obs index, sign of its motion, limit it moves toward)
-    "open_drawer": (P.DRAWER, 1.0, P.DRAWER_RANGE[1]),
-    "close_drawer": (P.DRAWER, -1.0, P.DRAWER_RANGE[0]),
-    "move_slider_left": (P.SLIDER, 1.0, P.SLIDER_RANGE[1]),
-    "move_slider_right": (P.SLIDER, -1.0, P.SLIDER_RANGE[0]),
-}
-
-
 def nudge_tasks(scene_obs: np.ndarray) -> list[str]:
     """Door/drawer motions with at least 3 cm of room left (done or not)."""
     s = np.asarray(scene_obs)
-    return [t for t, (i, sign, limit) in NUDGE_ROOM.items() if sign * (limit - s[i]) > 0.03]
+    nudges = [(t, tasks.get(t).skill.nudge) for t in tasks.scripted()]
+    return [t for t, room in nudges if room is not None and room[1] * (room[2] - s[room[0]]) > 0.03]
 
 
 def nudge_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
@@ -312,18 +205,6 @@ def free_motion(rng: np.random.Generator, style: Style | None = None, n_waypoint
 START_JOINT_STD = 0.12  # rad, noise on CALVIN's neutral joints
 START_TCP_BOX = ((-0.15, 0.15), (-0.34, -0.12), (0.53, 0.66))  # clear of desk, blocks and cabinet
 
-_TASK_SCENE = {
-    "open_drawer": lambda r: {"drawer": r.uniform(0.0, 0.08)},
-    "close_drawer": lambda r: {"drawer": r.uniform(0.15, P.DRAWER_RANGE[1])},
-    "move_slider_left": lambda r: {"slider": r.uniform(0.0, 0.10)},
-    "move_slider_right": lambda r: {"slider": r.uniform(0.18, P.SLIDER_RANGE[1])},
-    "turn_on_lightbulb": lambda r: {"lightbulb": 0.0},
-    "turn_off_lightbulb": lambda r: {"lightbulb": 1.0},
-    "turn_on_led": lambda r: {"led": 0.0},
-    "turn_off_led": lambda r: {"led": 1.0},
-}
-
-
 @functools.lru_cache(maxsize=1)
 def _kinematics() -> PandaKinematics:
     return PandaKinematics()
@@ -343,7 +224,5 @@ def sample_robot_obs(rng: np.random.Generator) -> np.ndarray:
 
 def sample_start_state(task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random ``(robot_obs, scene_obs)`` from which ``task`` is not done yet (other parts random)."""
-    if task not in _TASK_SCENE:
-        raise ValueError(f"unknown task {task!r}; skills exist for {TASKS}")
-    scene_obs = S.sample_scene_obs(rng, **_TASK_SCENE[task](rng))
+    scene_obs = S.sample_scene_obs(rng, **tasks.get(task).start_scene(rng))
     return sample_robot_obs(rng), scene_obs

@@ -1,14 +1,13 @@
-"""The 8-task oracle: CALVIN's thresholds, batching, jit, and agreement with a plain reference."""
-import importlib.util
-from pathlib import Path
-
+"""The task registry and the 8 DiWA tasks' predicates: CALVIN's thresholds, batching, jit, agreement with a
+plain reference, and registering a task."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diwa_jax.envs import oracle
-from diwa_jax.envs.oracle import TASKS, completed_tasks, success_all, success_all_np, task_success
+from diwa_jax.envs import tasks
+from diwa_jax.envs.tasks import completed_tasks, success, success_table
+from diwa_jax.envs.tasks.diwa import TASKS
 
 
 def _reference(s0, s, task):
@@ -40,12 +39,10 @@ def _scene(slider=0.0, drawer=0.0, bulb=0.0, led=0.0):
     return s
 
 
-def test_task_order_matches_experiment_config():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "calvin.py"
-    spec = importlib.util.spec_from_file_location("calvin_config", path)
-    config = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(config)
-    assert TASKS == tuple(config.TASKS)
+def test_the_benchmark_tasks_are_registered_in_the_papers_order():
+    assert tasks.names()[:8] == TASKS == ("open_drawer", "close_drawer", "move_slider_left", "move_slider_right",
+                                          "turn_on_lightbulb", "turn_off_lightbulb", "turn_on_led", "turn_off_led")
+    assert tasks.scripted()[:8] == TASKS
 
 
 @pytest.mark.parametrize(
@@ -67,12 +64,12 @@ def test_task_order_matches_experiment_config():
     ],
 )
 def test_hand_computed_cases(s0, s, expected):
-    flags = np.asarray(success_all(s0, s))
-    assert flags.shape == (8,) and flags.dtype == bool
-    assert {t for t, f in zip(TASKS, flags) if f} == expected
+    flags = np.asarray(success_table(s0, s))
+    assert flags.shape == (len(tasks.names()),) and flags.dtype == bool
+    assert {t for t, f in zip(tasks.names(), flags) if f} == expected
     assert set(completed_tasks(s0, s)) == expected
-    for i, task in enumerate(TASKS):
-        assert bool(task_success(s0, s, i)) == (task in expected)
+    for task in TASKS:
+        assert bool(success(task, s0, s)) == (task in expected)
 
 
 def test_batched_jitted_and_numpy_agree_with_reference():
@@ -86,24 +83,40 @@ def test_batched_jitted_and_numpy_agree_with_reference():
         arr[:, 4] = rng.integers(0, 2, n)
         arr[:, 5] = rng.integers(0, 2, n)
         arr[:, 6:] = rng.normal(size=(n, 18))
-    task_idx = rng.integers(0, 8, n)
     expected_all = np.array([[_reference(a, b, t) for t in TASKS] for a, b in zip(s0, s)])
     assert expected_all.any(axis=0).all(), "every task should occur in the random batch"
 
-    got_all = np.asarray(jax.jit(success_all)(jnp.asarray(s0), jnp.asarray(s)))
-    np.testing.assert_array_equal(got_all, expected_all)
-    np.testing.assert_array_equal(success_all_np(s0, s), expected_all)
-
-    got = np.asarray(jax.jit(task_success)(s0, s, task_idx))
-    np.testing.assert_array_equal(got, expected_all[np.arange(n), task_idx])
+    table = jax.jit(lambda a, b: success_table(a, b, jnp))
+    np.testing.assert_array_equal(np.asarray(table(jnp.asarray(s0), jnp.asarray(s))), expected_all)
+    np.testing.assert_array_equal(success_table(s0, s), expected_all)
+    for k, task in enumerate(TASKS):
+        got = jax.jit(lambda a, b: success(task, a, b, jnp))(s0, s)
+        np.testing.assert_array_equal(np.asarray(got), expected_all[:, k])
     # one start broadcast against a time axis of scenes, as when labelling a window
-    window = np.asarray(task_success(s0[0], s[:10], 3))
+    window = success("move_slider_right", s0[0], s[:10])
     np.testing.assert_array_equal(window, [_reference(s0[0], x, "move_slider_right") for x in s[:10]])
 
 
 def test_unknown_task_and_batch_errors():
-    with pytest.raises(ValueError, match="unknown task"):
-        oracle.task_index("open_the_fridge")
-    assert oracle.task_index("turn_off_led") == 7
+    with pytest.raises(ValueError, match="unknown task 'open_the_fridge'.*register"):
+        tasks.get("open_the_fridge")
+    with pytest.raises(ValueError, match="already registered"):
+        tasks.register(tasks.get("open_drawer"))
     with pytest.raises(ValueError, match="single"):
         completed_tasks(np.zeros((2, 24)), np.zeros((2, 24)))
+
+
+def test_a_registered_task_is_judged_and_placed_but_leaves_the_others_alone():
+    nudged = tasks.Task("nudge_drawer_open", lambda xp, s0, s: s[..., 1] - s0[..., 1] > 0.02,
+                        lambda rng: {"drawer": rng.uniform(0.0, 0.05)})
+    before = tasks.names()
+    tasks.register(nudged, before="close_drawer")
+    try:
+        assert tasks.names() == (before[0], "nudge_drawer_open") + before[1:]
+        assert "nudge_drawer_open" not in tasks.scripted()  # no skill: play does not perform it
+        assert completed_tasks(_scene(drawer=0.0), _scene(drawer=0.05)) == ("nudge_drawer_open",)
+        assert completed_tasks(_scene(drawer=0.0), _scene(drawer=0.2)) == ("open_drawer", "nudge_drawer_open")
+        assert tasks.stream("close_drawer") == tasks.stream("close_drawer") != tasks.stream("nudge_drawer_open")
+    finally:
+        tasks.unregister("nudge_drawer_open")
+    assert tasks.names() == before

@@ -1,0 +1,153 @@
+"""The 8 tasks of DiWA's CALVIN benchmark: drawer, sliding door, lightbulb and LED, each both ways.
+
+Door tasks are relative moves beyond a threshold; light tasks need the start and the current state to
+match the 0->1 / 1->0 transition. The predicates read only articulation joints and light bits, so the
+same function labels dataset windows, judges simulator rollouts and runs inside jitted code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from diwa_jax.envs import protocol as P
+from diwa_jax.envs.playtable import scene as S
+from diwa_jax.envs.playtable.waypoint import FINGER_HALF_SPAN, FINGER_HALF_THICKNESS, Waypoint
+from diwa_jax.envs.tasks import Skill, Task, register
+
+DRAWER_THRESHOLD = 0.12
+SLIDER_THRESHOLD = 0.15
+LIGHT_ON_ABOVE = 0.5  # lights are stored as floats; > 0.5 reads as 1
+
+
+def _moved(index: int, sign: float, threshold: float):
+    return lambda xp, s0, s: sign * (s[..., index] - s0[..., index]) > threshold
+
+
+def _switched(index: int, on: bool):
+    def predicate(xp, s0, s):
+        was, now = s0[..., index] > LIGHT_ON_ABOVE, s[..., index] > LIGHT_ON_ABOVE
+        return (~was & now) if on else (was & ~now)
+    return predicate
+
+
+# ---- skills: waypoints from the current scene ----------------------------------------------------------
+
+_DRAWER_X = 0.5 * (S.DRAWER_HANDLE_X[0] + S.DRAWER_HANDLE_X[1])
+_DRAWER_Z = 0.5 * (S.DRAWER_HANDLE_Z[0] + S.DRAWER_HANDLE_Z[1])
+_SWITCH_X = 0.5 * (S.SWITCH_HANDLE_X[0] + S.SWITCH_HANDLE_X[1])
+_SWITCH_Z = 0.50  # TCP height on the handle at joint 0 (handle spans 0.478-0.56; the fingers reach up from the TCP)
+_LIFT = (0.0, 0.0, 0.08)
+
+
+def _drawer_waypoints(opening: bool):
+    def waypoints(s, frac, rng, j):
+        d = s[P.DRAWER]
+        x = _DRAWER_X + rng.uniform(-0.05, 0.05) + j[0]
+        if opening:  # fingers between the drawer front and the handle bar, pull toward -y
+            y = 0.5 * (S.DRAWER_FRONT_Y + S.DRAWER_HANDLE_Y[1]) - d
+            y_end = y - frac * (P.DRAWER_RANGE[1] + 0.02 - d)
+        else:  # fingers in front of the handle bar, push toward +y
+            y = S.DRAWER_HANDLE_Y[0] - d - FINGER_HALF_THICKNESS - 0.025
+            y_end = y + frac * (d + 0.04)
+        z = _DRAWER_Z + 0.005
+        return [
+            Waypoint((x, y + 0.2 * j[1], 0.50 + j[2])),
+            Waypoint((x, y, z)),
+            Waypoint((x, y_end, z), push=True),
+            Waypoint(_LIFT, relative=True),
+        ]
+    return waypoints
+
+
+def _slider_waypoints(left: bool):
+    def waypoints(s, frac, rng, j):
+        sl = s[P.SLIDER]
+        y = 0.015  # between the handle's front and the door
+        if left:  # on the handle's +x side, push toward -x
+            x = S.SLIDE_HANDLE_X[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
+            x_end = x - frac * (P.SLIDER_RANGE[1] + 0.02 - sl)
+        else:
+            x = S.SLIDE_HANDLE_X[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
+            x_end = x + frac * (sl + 0.02)
+        z = 0.55 + rng.uniform(-0.02, 0.02)
+        return [
+            Waypoint((x, -0.06 + j[1], 0.62 + j[2])),
+            Waypoint((x, y, 0.62)),
+            Waypoint((x, y, z)),
+            Waypoint((x_end, y, z), push=True),
+            Waypoint((0.0, -0.07, 0.05), relative=True),
+        ]
+    return waypoints
+
+
+def _switch_point(face_y: float, q: float) -> tuple[float, float]:
+    """(y, z) of a handle face point at joint value q (the joint slides up the incline)."""
+    return face_y + q * S.SWITCH_AXIS[1], _SWITCH_Z + q * S.SWITCH_AXIS[2]
+
+
+def _lightbulb_waypoints(on: bool):
+    def waypoints(s, frac, rng, j):
+        q = s[P.SWITCH]
+        x = _SWITCH_X + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
+        if on:  # behind the TCP: the handle's -y face, push up the incline
+            face = S.SWITCH_HANDLE_Y[0] - FINGER_HALF_THICKNESS - 0.01
+            y0, z0 = _switch_point(face, q)
+            y1, z1 = _switch_point(face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
+            above = (x, y0 - 0.03 + 0.3 * j[1], 0.60 + j[2])
+            retreat = (0.0, -0.06, 0.06)
+        else:  # the handle's +y face, push down the incline
+            face = S.SWITCH_HANDLE_Y[1] + FINGER_HALF_THICKNESS + 0.01
+            y0, z0 = _switch_point(face, q)
+            y1, z1 = _switch_point(face, q - frac * (q + 0.02))
+            y0 += 0.01
+            # From the -x side at the handle's height: above the handle is at the edge of the reach.
+            above = (x - 0.08 + 0.3 * j[0], y0 + 0.3 * abs(j[1]), z0 + 0.02 + abs(j[2]))
+            retreat = (0.0, 0.0, 0.08)
+        return [
+            Waypoint(above),
+            Waypoint((x, y0, z0)),
+            Waypoint((x, y1, z1), push=True),
+            Waypoint(retreat, relative=True),
+        ]
+    return waypoints
+
+
+def _button_waypoints(s, frac, rng, j):
+    bx, by = S.BUTTON_XY
+    x, y = bx + 0.3 * j[0], by + 0.3 * j[1]
+    z_press = S.BUTTON_TOP_Z - 0.032 if frac >= 1 else S.BUTTON_TOP_Z - 0.004
+    return [
+        Waypoint((x, y, 0.56 + j[2])),
+        Waypoint((x, y, z_press), push=True),
+        Waypoint((x, y, 0.56)),
+    ]
+
+
+# ---- the tasks --------------------------------------------------------------------------------------
+
+DIWA_TASKS = (
+    Task("open_drawer", _moved(P.DRAWER, 1.0, DRAWER_THRESHOLD),
+         lambda r: {"drawer": r.uniform(0.0, 0.08)},
+         Skill(lambda s: s[P.DRAWER] < P.DRAWER_RANGE[1] - 0.13, _drawer_waypoints(True),
+               (P.DRAWER, 1.0, P.DRAWER_RANGE[1]))),
+    Task("close_drawer", _moved(P.DRAWER, -1.0, DRAWER_THRESHOLD),
+         lambda r: {"drawer": r.uniform(0.15, P.DRAWER_RANGE[1])},
+         Skill(lambda s: s[P.DRAWER] > 0.13, _drawer_waypoints(False), (P.DRAWER, -1.0, P.DRAWER_RANGE[0]))),
+    Task("move_slider_left", _moved(P.SLIDER, 1.0, SLIDER_THRESHOLD),
+         lambda r: {"slider": r.uniform(0.0, 0.10)},
+         Skill(lambda s: s[P.SLIDER] < P.SLIDER_RANGE[1] - 0.16, _slider_waypoints(True),
+               (P.SLIDER, 1.0, P.SLIDER_RANGE[1]))),
+    Task("move_slider_right", _moved(P.SLIDER, -1.0, SLIDER_THRESHOLD),
+         lambda r: {"slider": r.uniform(0.18, P.SLIDER_RANGE[1])},
+         Skill(lambda s: s[P.SLIDER] > 0.16, _slider_waypoints(False), (P.SLIDER, -1.0, P.SLIDER_RANGE[0]))),
+    Task("turn_on_lightbulb", _switched(P.LIGHTBULB, True), lambda r: {"lightbulb": 0.0},
+         Skill(lambda s: s[P.LIGHTBULB] < 0.5, _lightbulb_waypoints(True))),
+    Task("turn_off_lightbulb", _switched(P.LIGHTBULB, False), lambda r: {"lightbulb": 1.0},
+         Skill(lambda s: s[P.LIGHTBULB] > 0.5, _lightbulb_waypoints(False))),
+    Task("turn_on_led", _switched(P.LED, True), lambda r: {"led": 0.0},
+         Skill(lambda s: s[P.LED] < 0.5, _button_waypoints)),
+    Task("turn_off_led", _switched(P.LED, False), lambda r: {"led": 1.0},
+         Skill(lambda s: s[P.LED] > 0.5, _button_waypoints)),
+)
+for _task in DIWA_TASKS:
+    register(_task)
+TASKS = tuple(t.name for t in DIWA_TASKS)  # the benchmark's task list, in the paper's order
