@@ -1,14 +1,25 @@
-"""calvin_env adapter against a fake calvin_env package (and the real one where it is installed)."""
+"""calvin_env adapter against a fake calvin_env package (and the real one where it is installed); with the
+calvin_env backend, fine-tuning's simulator start pool is the training windows' first states, reset and rendered by
+calvin_env."""
 import importlib.util
 import sys
 import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from diwa_jax import artifacts, specs
+from diwa_jax import config as configlib
+from diwa_jax.data import calvin_format as cf
 from diwa_jax.envs import calvin_env as adapter_module
-from diwa_jax.envs.calvin_env import CalvinEnvAdapter
+from diwa_jax.envs.calvin_env import CalvinEnvAdapter, consistent_scene_obs
+from diwa_jax.errors import DataError
+from diwa_jax.stages import finetune as finetune_stage
+from diwa_jax.stages.start_lists import task_stream
+from diwa_jax.world_model import model
+from experiments.calvin import get_config
 
 NEUTRAL_ROBOT_OBS = np.array([0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
                               -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0])
@@ -63,7 +74,7 @@ class FakePlayTableSimEnv:
         module.instances.append(self)
 
     def _obs(self):
-        rng = np.random.default_rng(len(self.actions))
+        rng = np.random.default_rng([len(self.resets), len(self.actions)])  # every reset renders its own frame
         return {
             "rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3)).astype(np.uint8),
                         "rgb_gripper": rng.integers(0, 256, (84, 84, 3)).astype(np.uint8)},
@@ -176,6 +187,77 @@ def test_colorlog_fallback_matches_installation():
     assert ("hydra/job_logging=default" in overrides) != colorlog
     assert overrides[:6] == ["cameras=static_and_gripper", "scene=calvin_scene_D", "robot=panda_longer_finger",
                              "use_vr=false", "env.use_egl=true", "env.use_scene_info=true"]
+
+
+def calvin_config(tmp_path, training_tasks):
+    """The tiny preset on the calvin_env backend over a small synthetic data set; training windows of 8 frames
+    take ``training_tasks`` in turn."""
+    root = tmp_path / "data"
+    cf.write_synthetic_split(root / "training", [[0, 39], [40, 79]], tasks=training_tasks, window=8, seed=1)
+    cf.write_synthetic_split(root / "validation", [[0, 15]], window=8, seed=2)
+    c = get_config("tiny")
+    c.env.backend, c.eval.start_source, c.data.path = "calvin_env", "validation", str(root)
+    return configlib.finalize(c, str(tmp_path / "run"))
+
+
+class RecordingEnv:
+    """The frames a simulator returned on reset, in order."""
+
+    def __init__(self, env):
+        self.env, self.frames = env, []
+
+    def reset(self, robot_obs=None, scene_obs=None):
+        self.frames.append(self.env.reset(robot_obs=robot_obs, scene_obs=scene_obs))
+        return self.frames[-1]
+
+
+def test_calvin_env_start_pool_is_the_training_windows_first_states(fake_calvin_env, tmp_path, monkeypatch):
+    from diwa_jax.envs.playtable import skills
+
+    def no_play_table(*args):
+        raise AssertionError("the play-table's start sampler was used with the calvin_env backend")
+
+    monkeypatch.setattr(skills, "sample_start_state", no_play_table)
+    config = calvin_config(tmp_path, ("move_slider_left", "open_drawer"))
+    task, n = config.tasks[0], config.ppo.n_start_states
+    # the first frames of the task's training windows, read from the files
+    split = cf.CalvinSplit(artifacts.data_split_dir(config, "training"))
+    firsts = [split.load_frame(int(f), keys=("robot_obs", "scene_obs")) for f in split.task_windows(task)[:, 0]]
+    assert len(firsts) == 5 > n  # enough windows: drawn without replacement
+    rows = np.random.default_rng([config.seed, task_stream(task), finetune_stage.START_STREAM, 0]).choice(
+        len(firsts), size=n, replace=False)
+
+    world_model = model.WorldModel(params=model.init_params(jax.random.key(0), specs.world_model_spec(config)),
+                                   spec=specs.world_model_spec(config))
+    stats = artifacts.caches(config)["training"].stats
+    env = RecordingEnv(specs.make_env(config))
+    pool, described = finetune_stage.build_start_pool(config, task, 0, world_model, stats, env)
+    (sim,) = fake_calvin_env.instances
+    assert len(sim.resets) == n and not sim.actions
+    for (robot, scene), row in zip(sim.resets, rows):
+        np.testing.assert_array_equal(robot, firsts[row]["robot_obs"])
+        np.testing.assert_array_equal(scene, consistent_scene_obs(firsts[row]["scene_obs"]))  # the adapter's switch rule
+    np.testing.assert_array_equal(described["robot_obs"], [firsts[r]["robot_obs"] for r in rows])
+    expected = finetune_stage.encode_start_frames(world_model, stats, env.frames,
+                                                  configlib.stage_key(config, f"finetune/{task}/seed0/start_pool"),
+                                                  config.data.image_size)
+    np.testing.assert_array_equal(pool.deter, expected.deter)
+    np.testing.assert_array_equal(pool.stoch, expected.stoch)
+
+    # more starts than windows: drawn with replacement from the same stream
+    robot, _ = finetune_stage.simulator_start_states(config, task, 7, 1)
+    rows = np.random.default_rng([config.seed, task_stream(task), finetune_stage.START_STREAM, 1]).choice(
+        len(firsts), size=7, replace=True)
+    np.testing.assert_array_equal(robot, [firsts[r]["robot_obs"] for r in rows])
+
+
+def test_calvin_env_start_pool_of_a_task_without_training_windows(fake_calvin_env, tmp_path):
+    config = calvin_config(tmp_path, ("open_drawer", "close_drawer"))
+    with pytest.raises(DataError) as info:
+        finetune_stage.build_start_pool(config, config.tasks[0], 0, None, None, None)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(artifacts.data_split_dir(config, "training"))
+    assert f"'{config.tasks[0]}'" in msg and "config.tasks" in msg
 
 
 def _real_calvin_env_reason():

@@ -18,7 +18,7 @@ from diwa_jax.envs.batch import Reset, SimulatorBatch, Steps
 from diwa_jax.envs import tasks
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.policy.denoiser import init_denoiser
-from diwa_jax.stages.start_lists import validation_starts
+from diwa_jax.stages.start_lists import window_starts
 from diwa_jax.world_model import model
 
 
@@ -45,7 +45,7 @@ def test_wm_observation_equals_the_cached_frame_and_start_states(config, tmp_pat
         np.testing.assert_allclose(obs["state"], cache.state[row], rtol=0, atol=1e-6)
         assert obs["proprio"].shape == (18,) and obs["state"].shape == (51,)
 
-    robot, scene = validation_starts(split, cache, "open_drawer")  # windows 0-7 and 16-23
+    robot, scene = window_starts(split, cache, "open_drawer")  # windows 0-7 and 16-23
     np.testing.assert_array_equal(robot, cache.robot_obs[[0, 16]])
     np.testing.assert_array_equal(scene, [split.load_frame(f, keys=("scene_obs",))["scene_obs"] for f in (0, 16)])
 

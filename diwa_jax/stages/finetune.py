@@ -7,11 +7,13 @@ a rerun resumes exactly). Seed ``k`` has its own PPO key (``stage_key(config, "f
 and its own start pool; the seeds run one after another.
 
 Start pool (``ppo.start_source``):
-  ``simulator`` (the original): random task starts from the numpy stream (config.seed, crc32(task),
-    START_STREAM, k), never one of the evaluation start lists (their streams have another number and no
-    config.seed), each rendered once by a simulator reset and encoded by a reset posterior step (zero
-    action, gripper open), as an evaluation episode encodes its first frame. The simulator is reset and
-    rendered, never stepped.
+  ``simulator`` (the original): task starts drawn from the numpy stream (config.seed, crc32(task),
+    START_STREAM, k) in the scene of ``config.env.backend``: with ``playtable`` random starts of the
+    play-table's task sampler, never one of the evaluation start lists (their streams have another number
+    and no config.seed); with ``calvin_env`` the first states of the task's training windows (CALVIN's own
+    start distribution). Each is rendered once by a reset of that simulator and encoded by a reset
+    posterior step (zero action, gripper open), as an evaluation episode encodes its first frame. The
+    simulator is reset and rendered, never stepped.
   ``dataset`` (purely offline): the featurized latents at the first frame of the task's training windows.
 The pool is saved in ``start_pool.npz`` on first use, so a resumed run starts from the same latents.
 
@@ -45,7 +47,7 @@ from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_i
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record
-from diwa_jax.stages.start_lists import sampled_starts, start_list
+from diwa_jax.stages.start_lists import sampled_starts, start_list, window_starts
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
@@ -71,9 +73,23 @@ class CountingEnv:
 # ---- start pool ---------------------------------------------------------------------------------------
 
 def simulator_start_states(config, task: str, n: int, seed_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(robot_obs (n, 15), scene_obs (n, 24))``: random starts of ``task`` for fine-tuning seed ``seed_index``,
-    from the stream (config.seed, crc32(task), START_STREAM, seed_index)."""
-    return sampled_starts(task, n, (config.seed, tasks.stream(task), START_STREAM, seed_index))
+    """``(robot_obs (n, 15), scene_obs (n, 24))``: starts of ``task`` in the scene of ``config.env.backend`` for
+    fine-tuning seed ``seed_index``, from the stream (config.seed, crc32(task), START_STREAM, seed_index).
+
+    ``playtable``: random starts from the play-table's task sampler. ``calvin_env``: the first states of the task's
+    training windows (CALVIN's start distribution), n of them drawn without replacement when there are at least n
+    windows, with replacement otherwise."""
+    stream = (config.seed, tasks.stream(task), START_STREAM, seed_index)
+    if config.env.backend == "playtable":
+        return sampled_starts(task, n, stream)
+    split = CalvinSplit(artifacts.data_split_dir(config, "training"))
+    robot, scene = window_starts(split, artifacts.caches(config)["training"], task)
+    if len(robot) == 0:
+        raise DataError(f"{split.dir}: no annotation windows of task '{task}', whose first frames are fine-tuning's "
+                        "start states with config.env.backend='calvin_env'; add the task's annotations to the "
+                        "training split or remove the task from config.tasks")
+    rows = np.random.default_rng(list(stream)).choice(len(robot), size=n, replace=len(robot) < n)
+    return robot[rows], scene[rows]
 
 
 def encode_start_frames(world_model: WorldModel, stats, frames: list[dict], key: jax.Array, image_size: int) -> Latent:

@@ -64,8 +64,9 @@ def sampled_starts(task: str, n: int, stream: tuple[int, ...]) -> tuple[np.ndarr
     return np.stack(robot), np.stack(scene)
 
 
-def validation_starts(split: CalvinSplit, cache, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """The first robot/scene state of every window of ``task`` in ``split`` (its ``cache``), in window order."""
+def window_starts(split: CalvinSplit, cache, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first robot/scene state of every window of ``task`` in ``split`` (its ``cache``), in window order:
+    CALVIN's start states (evaluation's validation lists, fine-tuning's pool with the calvin_env backend)."""
     rows = task_windows(split, cache, task)[:, 0]
     return np.asarray(cache.robot_obs[rows]), np.asarray(cache.scene_obs[rows])
 
@@ -75,8 +76,8 @@ def _make(config, task: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     if e.start_source == "simulator":
         return sampled_starts(task, e.episodes if name == "final" else e.periodic_episodes,
                               (e.start_seed, tasks.stream(task), STREAMS[name]))
-    robot, scene = validation_starts(CalvinSplit(artifacts.data_split_dir(config, "validation")),
-                                     artifacts.caches(config)["validation"], task)
+    robot, scene = window_starts(CalvinSplit(artifacts.data_split_dir(config, "validation")),
+                                 artifacts.caches(config)["validation"], task)
     if len(robot) <= e.periodic_episodes:
         raise DataError(f"{artifacts.data_split_dir(config, 'validation')}: {len(robot)} validation windows of "
                         f"'{task}', not more than config.eval.periodic_episodes={e.periodic_episodes}; collect more "
