@@ -36,6 +36,16 @@ def _at_most_256(x) -> bool:
     return 0 < x <= 256
 
 
+def _even_at_least_4(x) -> bool:
+    """must be even and >= 4 (the sinusoidal time embedding has sin and cos halves)"""
+    return x >= 4 and x % 2 == 0
+
+
+def _at_least_2(x) -> bool:
+    """must be >= 2 (the contrastive loss needs another sample in the batch)"""
+    return x >= 2
+
+
 def _one_of(*choices) -> Callable[[Any], bool]:
     check = lambda x: x in choices  # noqa: E731
     check.__doc__ = f"must be one of {', '.join(map(repr, choices))}"
@@ -98,7 +108,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "policy.action_dim": _one_of(7),
     "policy.denoising_steps": _positive,
     "policy.ft_denoising_steps": _positive,
-    "policy.time_dim": lambda x: x >= 4 and x % 2 == 0,
+    "policy.time_dim": _even_at_least_4,
     "policy.mlp_dim": _positive,
     "policy.cosine_s": _positive,
     "policy.denoised_clip": _positive,
@@ -121,7 +131,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.tau": _positive,
     "reward.ce_weight": _non_negative,
     "reward.lr": _positive,
-    "reward.batch_size": lambda x: x >= 2,
+    "reward.batch_size": _at_least_2,
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
     "reward.n_train_windows": _positive,
@@ -214,7 +224,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except KeyError:
             raise ConfigError(f"config.{key}: missing from the config file") from None
         if not rule(value):
-            what = _DESCRIBE.get(rule) or rule.__doc__ or "has an invalid value"
+            what = _DESCRIBE.get(rule) or rule.__doc__
             raise ConfigError(f"config.{key}: {what} (got {value!r})")
     tasks = tuple(config.tasks)
     unknown = [t for t in tasks if t not in TASKS]
