@@ -18,13 +18,18 @@ from diwa_jax.envs.oracle import TASKS
 from diwa_jax.errors import ConfigError
 
 
-# Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever).
+# Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever),
+# and an int must fit in the int64 of the arrays and JAX keys that take it.
+def _finite(x) -> bool:
+    return abs(x) < 2**63 if isinstance(x, int) else math.isfinite(x)
+
+
 def _positive(x) -> bool:
-    return math.isfinite(x) and x > 0
+    return _finite(x) and x > 0
 
 
 def _non_negative(x) -> bool:
-    return math.isfinite(x) and x >= 0
+    return _finite(x) and x >= 0
 
 
 def _unit(x) -> bool:
