@@ -57,9 +57,11 @@ def _one_of(*choices) -> Callable[[Any], bool]:
     return check
 
 
-_DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite and >= 0", _unit: "must be in [0, 1]"}
+_DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite and >= 0", _finite: "must be finite",
+             _unit: "must be in [0, 1]"}
 
-# key -> predicate. Keys absent here are type-checked by ml_collections only.
+# key -> predicate: every number of the config has one (tests/test_config.py checks); the other keys absent
+# here are type-checked by ml_collections (and paths by the stage that reads them).
 _RULES: dict[str, Callable[[Any], bool]] = {
     "seed": _non_negative,
     "seeds": _positive,
@@ -118,7 +120,9 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "policy.cosine_s": _positive,
     "policy.denoised_clip": _positive,
     "policy.bc_randn_clip": _positive,
+    "policy.deterministic_min_std": _non_negative,
     "policy.n_train_windows": _positive,
+    "policy.window_seed": _non_negative,
     "policy.lr": _positive,
     "policy.min_lr": _non_negative,
     "policy.weight_decay": _non_negative,
@@ -140,6 +144,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
     "reward.n_train_windows": _positive,
+    "reward.window_seed": _non_negative,
     "reward.eval_every": _positive,
     "ppo.n_envs": _positive,
     "ppo.n_steps": _positive,
@@ -166,6 +171,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.min_logprob_std": _positive,
     "ppo.logprob_reduce": _one_of("mean", "sum"),
     "ppo.randn_clip": _positive,
+    "ppo.logprob_min": _finite,
+    "ppo.logprob_max": _finite,
     "ppo.reward_scale_gamma": _unit,
     "ppo.reward_scale_clip": _positive,
     "ppo.reward_mode": _one_of("binary", "probability"),
