@@ -18,13 +18,18 @@ from diwa_jax.envs import tasks as task_registry
 from diwa_jax.errors import ConfigError
 
 
-# Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever).
+# Numbers must be finite: an inf learning rate or step count is never meant (it would train to NaN or forever),
+# and an int must fit in the int64 of the arrays and JAX keys that take it.
+def _finite(x) -> bool:
+    return abs(x) < 2**63 if isinstance(x, int) else math.isfinite(x)
+
+
 def _positive(x) -> bool:
-    return math.isfinite(x) and x > 0
+    return _finite(x) and x > 0
 
 
 def _non_negative(x) -> bool:
-    return math.isfinite(x) and x >= 0
+    return _finite(x) and x >= 0
 
 
 def _unit(x) -> bool:
@@ -36,15 +41,27 @@ def _at_most_256(x) -> bool:
     return 0 < x <= 256
 
 
+def _even_at_least_4(x) -> bool:
+    """must be even and >= 4 (the sinusoidal time embedding has sin and cos halves)"""
+    return x >= 4 and x % 2 == 0
+
+
+def _at_least_2(x) -> bool:
+    """must be >= 2 (the contrastive loss needs another sample in the batch)"""
+    return x >= 2
+
+
 def _one_of(*choices) -> Callable[[Any], bool]:
     check = lambda x: x in choices  # noqa: E731
     check.__doc__ = f"must be one of {', '.join(map(repr, choices))}"
     return check
 
 
-_DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite and >= 0", _unit: "must be in [0, 1]"}
+_DESCRIBE = {_positive: "must be finite and > 0", _non_negative: "must be finite and >= 0", _finite: "must be finite",
+             _unit: "must be in [0, 1]"}
 
-# key -> predicate. Keys absent here are type-checked by ml_collections only.
+# key -> predicate: every number of the config has one (tests/test_config.py checks); the other keys absent
+# here are type-checked by ml_collections (and paths by the stage that reads them).
 _RULES: dict[str, Callable[[Any], bool]] = {
     "seed": _non_negative,
     "seeds": _positive,
@@ -98,12 +115,14 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "policy.action_dim": _one_of(7),
     "policy.denoising_steps": _positive,
     "policy.ft_denoising_steps": _positive,
-    "policy.time_dim": lambda x: x >= 4 and x % 2 == 0,
+    "policy.time_dim": _even_at_least_4,
     "policy.mlp_dim": _positive,
     "policy.cosine_s": _positive,
     "policy.denoised_clip": _positive,
     "policy.bc_randn_clip": _positive,
+    "policy.deterministic_min_std": _non_negative,
     "policy.n_train_windows": _positive,
+    "policy.window_seed": _non_negative,
     "policy.lr": _positive,
     "policy.min_lr": _non_negative,
     "policy.weight_decay": _non_negative,
@@ -121,10 +140,11 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.tau": _positive,
     "reward.ce_weight": _non_negative,
     "reward.lr": _positive,
-    "reward.batch_size": lambda x: x >= 2,
+    "reward.batch_size": _at_least_2,
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
     "reward.n_train_windows": _positive,
+    "reward.window_seed": _non_negative,
     "reward.eval_every": _positive,
     "ppo.n_envs": _positive,
     "ppo.n_steps": _positive,
@@ -151,6 +171,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "ppo.min_logprob_std": _positive,
     "ppo.logprob_reduce": _one_of("mean", "sum"),
     "ppo.randn_clip": _positive,
+    "ppo.logprob_min": _finite,
+    "ppo.logprob_max": _finite,
     "ppo.reward_scale_gamma": _unit,
     "ppo.reward_scale_clip": _positive,
     "ppo.reward_mode": _one_of("binary", "probability"),
@@ -212,7 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except KeyError:
             raise ConfigError(f"config.{key}: missing from the config file") from None
         if not rule(value):
-            what = _DESCRIBE.get(rule) or rule.__doc__ or "has an invalid value"
+            what = _DESCRIBE.get(rule) or rule.__doc__
             raise ConfigError(f"config.{key}: {what} (got {value!r})")
     tasks = tuple(config.tasks)
     unknown = [t for t in tasks if t not in task_registry.names()]

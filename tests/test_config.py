@@ -1,9 +1,15 @@
 """Config contract: presets load, values are validated with one-line errors naming the key,
 derived values follow overrides, and the final config is frozen."""
+import math
+import os
+
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from diwa_jax import config as configlib
 from experiments.calvin import TASKS, get_config
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("preset", ["", "paper", "quick", "tiny"])
@@ -85,3 +91,108 @@ def test_json_round_trip(tmp_path):
     cfg = configlib.finalize(get_config("tiny"), str(tmp_path))
     data = json.loads(configlib.to_json(cfg))
     assert data["ppo"]["n_envs"] == cfg.ppo.n_envs and data["derived"]["latent_dim"] == cfg.derived.latent_dim
+
+
+# ---- every rule and every relation, swept --------------------------------------------------------
+
+# Wrong-value candidates by the type of a key's value in the quick preset; a key's bad values are those its rule
+# rejects (2**63: an int beyond int64).
+CANDIDATES = {int: (-1, 0, 300, 10**9, 2**63), float: (-1.0, math.nan, math.inf, 1.5, 0.0), str: ("bogus",)}
+
+
+def _leaves(node, prefix=""):
+    for name, value in node.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+QUICK = dict(_leaves(get_config("quick")))
+
+
+def _bad_values(key) -> list:
+    value = QUICK[key]
+    bad = [v for v in CANDIDATES.get(type(value), ()) if not configlib._RULES[key](v)]
+    assert bad, f"no candidate of type {type(value).__name__} breaks the rule of config.{key}: add one to CANDIDATES"
+    return bad
+
+
+def _quick_with(overrides: dict):
+    c = get_config("quick")
+    c.lock()  # as launch.py's config flag: an override of another type is a TypeError
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def _error(config) -> str:
+    with pytest.raises(configlib.ConfigError) as e:
+        configlib.finalize(config, "/tmp/unused")
+    message = str(e.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _assert_names(message: str, key: str, value) -> None:
+    """``config.<key>: <what the rule wants> (got <value>)``"""
+    prefix, suffix = f"config.{key}: ", f" (got {value!r})"
+    assert message.startswith(prefix) and message.endswith(suffix), message
+    assert message[len(prefix):-len(suffix)] not in ("", "None"), f"give the rule of config.{key} a docstring"
+
+
+def test_every_number_has_a_rule():
+    numbers = [k for k, v in QUICK.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert not [k for k in numbers if k not in configlib._RULES], "add a rule to diwa_jax/config.py's _RULES"
+
+
+@pytest.mark.parametrize("key", list(configlib._RULES))
+def test_every_rule_names_its_key(key):
+    for value in _bad_values(key):
+        _assert_names(_error(_quick_with({key: value})), key, value)
+
+
+VIOLATIONS = {  # relation's key -> overrides of the quick preset that break it and no other rule or relation
+    "policy.ft_denoising_steps": {"policy.ft_denoising_steps": 30},  # denoising_steps: 20
+    "policy.act_steps": {"policy.act_steps": 6},  # horizon: 4
+    "policy.min_lr": {"policy.min_lr": 1e-3},  # lr: 1e-4
+    "policy.cosine_epochs": {"policy.cosine_epochs": 10},  # warmup_epochs: 10
+    "ppo.episode_len": {"ppo.episode_len": 70},  # act_steps: 4
+    "ppo.clip_base": {"ppo.clip_base": 0.1},  # clip: 0.01
+    "ppo.logprob_min": {"ppo.logprob_min": 2.0},  # logprob_max: 2.0
+    "eval.episodes": {"eval.episodes": 0},  # start_source: simulator
+    "eval.workers": {"eval.workers": 2},  # envs: 1
+    "eval.start_source": {"env.backend": "calvin_env", "ppo.start_source": "dataset"},  # eval: simulator
+    "ppo.start_source": {"env.backend": "calvin_env", "eval.start_source": "validation"},
+    "wm.openloop_context": {"wm.openloop_context": 951},  # + horizon 50 > seq_len 32 and segment_frames 1000
+}
+
+
+def test_every_relation_has_a_violation():
+    keys = [key for key, _, _ in configlib._RELATIONS]
+    assert len(set(keys)) == len(keys), "two relations name one key: VIOLATIONS needs a key per relation"
+    assert set(VIOLATIONS) == set(keys), "add a violating override of the new relation to VIOLATIONS"
+
+
+@pytest.mark.parametrize("key,what", [(key, what) for key, _, what in configlib._RELATIONS])
+def test_every_relation_names_its_key(key, what):
+    config = _quick_with(VIOLATIONS[key])
+    assert [k for k, holds, _ in configlib._RELATIONS if not holds(config)] == [key]
+    assert _error(config).startswith(f"config.{key}: {what} (got ")
+
+
+def _from_command_line(*overrides):
+    """The config launch.py hands to ``configlib.finalize`` for ``--config experiments/calvin.py:quick
+    <overrides>``: its ml_collections flag, parsed in-process (in a FlagValues of its own)."""
+    argv = ["launch.py", f"--config={os.path.join(REPO, 'experiments', 'calvin.py')}:quick", *overrides]
+    flag_values = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return config.value
+
+
+@pytest.mark.parametrize("key", list(configlib._RULES))
+def test_every_rule_names_its_key_from_the_command_line(key):
+    for value in _bad_values(key):
+        config = _from_command_line(f"--config.{key}={value}")
+        assert repr(configlib._get(config, key)) == repr(value)  # nan, inf, -1 and 2**63 parse as themselves
+        _assert_names(_error(config), key, value)
