@@ -14,10 +14,10 @@ from diwa_jax import artifacts, specs
 from diwa_jax import config as configlib
 from diwa_jax.data import calvin_format as cf
 from diwa_jax.envs import calvin_env as adapter_module
+from diwa_jax.envs import tasks
 from diwa_jax.envs.calvin_env import CalvinEnvAdapter, consistent_scene_obs
 from diwa_jax.errors import DataError
 from diwa_jax.stages import finetune as finetune_stage
-from diwa_jax.stages.start_lists import task_stream
 from diwa_jax.world_model import model
 from experiments.calvin import get_config
 
@@ -224,7 +224,7 @@ def test_calvin_env_start_pool_is_the_training_windows_first_states(fake_calvin_
     split = cf.CalvinSplit(artifacts.data_split_dir(config, "training"))
     firsts = [split.load_frame(int(f), keys=("robot_obs", "scene_obs")) for f in split.task_windows(task)[:, 0]]
     assert len(firsts) == 5 > n  # enough windows: drawn without replacement
-    rows = np.random.default_rng([config.seed, task_stream(task), finetune_stage.START_STREAM, 0]).choice(
+    rows = np.random.default_rng([config.seed, tasks.stream(task), finetune_stage.START_STREAM, 0]).choice(
         len(firsts), size=n, replace=False)
 
     world_model = model.WorldModel(params=model.init_params(jax.random.key(0), specs.world_model_spec(config)),
@@ -246,7 +246,7 @@ def test_calvin_env_start_pool_is_the_training_windows_first_states(fake_calvin_
 
     # more starts than windows: drawn with replacement from the same stream
     robot, _ = finetune_stage.simulator_start_states(config, task, 7, 1)
-    rows = np.random.default_rng([config.seed, task_stream(task), finetune_stage.START_STREAM, 1]).choice(
+    rows = np.random.default_rng([config.seed, tasks.stream(task), finetune_stage.START_STREAM, 1]).choice(
         len(firsts), size=7, replace=True)
     np.testing.assert_array_equal(robot, [firsts[r]["robot_obs"] for r in rows])
 
