@@ -1,7 +1,8 @@
 """Adding a task is one file (tests/toy_task.py: its predicate and start sampler, registered in front of every
-other task), and it changes nothing about the others: on the same tiny data set and world model, the stages after collection
-run for two tasks without the new one registered, and for the new one plus the two with it registered first,
-gives the two tasks bit-identical policies, classifiers, fine-tuned policies, curves and evaluation episodes."""
+other task), and it changes nothing about the others: on the same tiny data set and world model, the stages
+after collection run for two tasks without the new one registered, and for the new one plus the two with it
+registered first, give the two tasks bit-identical policies, classifiers, fine-tuned policies, curves and
+evaluation episodes."""
 import importlib
 import json
 import os
