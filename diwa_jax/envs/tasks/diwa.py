@@ -124,21 +124,24 @@ def _button_waypoints(s, frac, rng, j):
 
 # ---- the tasks --------------------------------------------------------------------------------------
 
+def _sliding(name, part, q, q_range, sign, threshold, start_range, margin, waypoints):
+    """A drawer or slider task: move ``q`` by ``threshold`` in direction ``sign``, from starts in
+    ``start_range``; play performs it while ``margin`` of travel is left and nudges it toward the stop."""
+    def room_left(s):
+        return s[q] < q_range[1] - margin if sign > 0 else s[q] > margin
+    return Task(name, _moved(q, sign, threshold), lambda r: {part: r.uniform(*start_range)},
+                Skill(room_left, waypoints, (q, sign, q_range[1] if sign > 0 else q_range[0])))
+
+
 DIWA_TASKS = (
-    Task("open_drawer", _moved(P.DRAWER, 1.0, DRAWER_THRESHOLD),
-         lambda r: {"drawer": r.uniform(0.0, 0.08)},
-         Skill(lambda s: s[P.DRAWER] < P.DRAWER_RANGE[1] - 0.13, _drawer_waypoints(True),
-               (P.DRAWER, 1.0, P.DRAWER_RANGE[1]))),
-    Task("close_drawer", _moved(P.DRAWER, -1.0, DRAWER_THRESHOLD),
-         lambda r: {"drawer": r.uniform(0.15, P.DRAWER_RANGE[1])},
-         Skill(lambda s: s[P.DRAWER] > 0.13, _drawer_waypoints(False), (P.DRAWER, -1.0, P.DRAWER_RANGE[0]))),
-    Task("move_slider_left", _moved(P.SLIDER, 1.0, SLIDER_THRESHOLD),
-         lambda r: {"slider": r.uniform(0.0, 0.10)},
-         Skill(lambda s: s[P.SLIDER] < P.SLIDER_RANGE[1] - 0.16, _slider_waypoints(True),
-               (P.SLIDER, 1.0, P.SLIDER_RANGE[1]))),
-    Task("move_slider_right", _moved(P.SLIDER, -1.0, SLIDER_THRESHOLD),
-         lambda r: {"slider": r.uniform(0.18, P.SLIDER_RANGE[1])},
-         Skill(lambda s: s[P.SLIDER] > 0.16, _slider_waypoints(False), (P.SLIDER, -1.0, P.SLIDER_RANGE[0]))),
+    _sliding("open_drawer", "drawer", P.DRAWER, P.DRAWER_RANGE, 1.0, DRAWER_THRESHOLD, (0.0, 0.08), 0.13,
+             _drawer_waypoints(True)),
+    _sliding("close_drawer", "drawer", P.DRAWER, P.DRAWER_RANGE, -1.0, DRAWER_THRESHOLD,
+             (0.15, P.DRAWER_RANGE[1]), 0.13, _drawer_waypoints(False)),
+    _sliding("move_slider_left", "slider", P.SLIDER, P.SLIDER_RANGE, 1.0, SLIDER_THRESHOLD, (0.0, 0.10), 0.16,
+             _slider_waypoints(True)),
+    _sliding("move_slider_right", "slider", P.SLIDER, P.SLIDER_RANGE, -1.0, SLIDER_THRESHOLD,
+             (0.18, P.SLIDER_RANGE[1]), 0.16, _slider_waypoints(False)),
     Task("turn_on_lightbulb", _switched(P.LIGHTBULB, True), lambda r: {"lightbulb": 0.0},
          Skill(lambda s: s[P.LIGHTBULB] < 0.5, _lightbulb_waypoints(True))),
     Task("turn_off_lightbulb", _switched(P.LIGHTBULB, False), lambda r: {"lightbulb": 1.0},
