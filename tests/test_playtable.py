@@ -6,7 +6,8 @@ from PIL import Image
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.envs.playtable.robot import PandaKinematics
-from diwa_jax.envs.playtable.scene import sample_scene_obs
+from diwa_jax.envs.geometry import sample_scene_obs
+from diwa_jax.envs.playtable.scene import GEOMETRY
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_reset_restores_exact_state_and_replays_identically(env):
     rng = np.random.default_rng(0)
     actions = np.concatenate([rng.uniform(-1, 1, (40, 6)), rng.choice([-1.0, 1.0], (40, 1))], axis=1)
     actions[:, 2] = -0.6  # drive into the table and blocks: contacts must replay too
-    env.reset(scene_obs=sample_scene_obs(np.random.default_rng(3)))
+    env.reset(scene_obs=sample_scene_obs(GEOMETRY, np.random.default_rng(3)))
     states = []
     for a in actions:
         obs, _ = env.step(a)

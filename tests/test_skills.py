@@ -22,10 +22,10 @@ def env():
 def _run(env, task, seed, style=None):
     """Steps until the oracle reports success (returns the step) or the budget runs out (None)."""
     rng = np.random.default_rng(seed)
-    robot_obs, scene_obs = sample_start_state(task, rng)
+    robot_obs, scene_obs = sample_start_state(task, rng, env.geometry)
     obs = env.reset(robot_obs, scene_obs)
     start = obs[P.SCENE_OBS].copy()
-    skill = make_skill(task, obs, rng, style)
+    skill = make_skill(task, obs, rng, env.geometry, style)
     for step in range(1, BUDGET + 1):
         action = skill.act(obs)
         assert action.shape == (7,) and action[6] in (-1.0, 1.0) and np.all(np.abs(action[:6]) <= 1.0)
@@ -44,7 +44,7 @@ def test_clean_skill_succeeds_within_budget(env, task):
 @pytest.mark.parametrize("task", TASKS)
 def test_start_states_are_not_done_and_failing_skills_do_not_succeed(env, task):
     for seed in (21, 22):
-        _, scene_obs = sample_start_state(task, np.random.default_rng(seed))
+        _, scene_obs = sample_start_state(task, np.random.default_rng(seed), env.geometry)
         assert precondition(task, scene_obs)
         assert _run(env, task, seed, Style(fail=True)) is None, f"a deliberately failing {task} succeeded"
 
@@ -54,8 +54,8 @@ def test_make_skill_refuses_a_task_that_is_done(env):
     scene[P.DRAWER] = 0.22
     obs = {P.ROBOT_OBS: P.NEUTRAL_ROBOT_OBS.copy(), P.SCENE_OBS: scene}
     with pytest.raises(ValueError, match="precondition of 'open_drawer'"):
-        make_skill("open_drawer", obs, np.random.default_rng(0))
-    make_skill("close_drawer", obs, np.random.default_rng(0))
+        make_skill("open_drawer", obs, np.random.default_rng(0), env.geometry)
+    make_skill("close_drawer", obs, np.random.default_rng(0), env.geometry)
 
 
 def test_play_stream_is_deterministic_and_labels_completions(env):

@@ -133,8 +133,16 @@ class Simulator(Protocol):
 
     ``step`` returns ``(obs, info)``; reward and done do not exist (success is judged outside by
     the task predicates of ``diwa_jax.envs.tasks`` on ``scene_obs``). ``info`` holds at least ``robot_obs``, ``scene_obs``
-    and ``scene_info`` with CALVIN's ``doors``/``buttons``/``switches``/``lights`` entries.
+    and ``scene_info`` with CALVIN's ``doors``/``buttons``/``switches``/``lights`` entries. ``geometry`` (an
+    ``envs.geometry.SceneGeometry``) says where the scene's parts are, for scripted skills and random scenes.
     """
+
+    geometry: Any
+
+    @property
+    def target_pose(self) -> np.ndarray:
+        """The commanded TCP target that relative actions move, (6,) xyz + Euler (accumulated, not wrapped)."""
+        ...
 
     def reset(self, robot_obs: np.ndarray | None = None, scene_obs: np.ndarray | None = None) -> Obs:
         """Restore exactly this state (None: the neutral robot / the env's default scene)."""

@@ -16,7 +16,8 @@ import pybullet
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs.playtable.cameras import RENDERERS, Cameras
 from diwa_jax.envs.playtable.robot import Panda
-from diwa_jax.envs.playtable.scene import Scene, sample_scene_obs
+from diwa_jax.envs.geometry import sample_scene_obs
+from diwa_jax.envs.playtable.scene import GEOMETRY, Scene
 
 PHYSICS_HZ = 240
 CONTROL_HZ = 30
@@ -50,6 +51,8 @@ class PlayTable:
       render: False skips both cameras; observations then hold only ``robot_obs`` and ``scene_obs``.
     """
 
+    geometry = GEOMETRY
+
     def __init__(self, static_size: int = 200, gripper_size: int = 84, renderer: str = "tiny", seed: int = 0, render: bool = True):
         if render and renderer not in RENDERERS:
             raise ValueError(f"PlayTable: unknown renderer {renderer!r}; choose one of {RENDERERS}")
@@ -78,7 +81,7 @@ class PlayTable:
     def reset(self, robot_obs: np.ndarray | None = None, scene_obs: np.ndarray | None = None) -> P.Obs:
         """Restore exactly this state. None: the neutral robot / a scene drawn from the env's seed."""
         self.robot.reset(P.NEUTRAL_ROBOT_OBS if robot_obs is None else robot_obs)
-        self.scene.reset(sample_scene_obs(self._rng) if scene_obs is None else scene_obs)
+        self.scene.reset(sample_scene_obs(GEOMETRY, self._rng) if scene_obs is None else scene_obs)
         return self.get_obs()
 
     def step(self, rel_action: np.ndarray) -> tuple[P.Obs, dict[str, Any]]:

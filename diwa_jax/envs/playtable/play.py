@@ -1,4 +1,4 @@
-"""A stream of scripted, human-play-like frames from the play-table.
+"""A stream of scripted, human-play-like frames from any simulator backend (its ``geometry`` places the skills).
 
 The stream chains activities: skills of the registered scripted tasks whose precondition holds (the drawer is not opened when it
 is already open), partial door/drawer moves, free moves through the workspace and pauses. Each skill gets a random style
@@ -16,8 +16,7 @@ import numpy as np
 
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs import tasks
-from diwa_jax.envs.playtable.env import PlayTable
-from diwa_jax.envs.playtable.scene import sample_scene_obs
+from diwa_jax.envs.geometry import sample_scene_obs
 from diwa_jax.envs.playtable.skills import (
     free_motion,
     make_skill,
@@ -71,24 +70,24 @@ class _Pause:
         return np.array([0, 0, 0, 0, 0, 0, obs[P.ROBOT_OBS][P.GRIPPER_ACTION]], dtype=np.float64)
 
 
-def _next_activity(obs: P.Obs, rng: np.random.Generator, noise: float, failure_prob: float):
+def _next_activity(obs: P.Obs, rng: np.random.Generator, noise: float, failure_prob: float, geometry):
     draw = rng.random()
     if draw < SKILL_PROB:
         feasible = [t for t in tasks.scripted() if precondition(t, obs[P.SCENE_OBS])]
         task = feasible[int(rng.integers(len(feasible)))]
         style = sample_style(rng, noise, fail=bool(rng.random() < failure_prob))
-        return task, make_skill(task, obs, rng, style)
+        return task, make_skill(task, obs, rng, geometry, style)
     if draw < SKILL_PROB + NUDGE_PROB:
         options = nudge_tasks(obs[P.SCENE_OBS])
         task = options[int(rng.integers(len(options)))]
-        return f"nudge:{task}", nudge_skill(task, obs, rng, sample_style(rng, noise))
+        return f"nudge:{task}", nudge_skill(task, obs, rng, geometry, sample_style(rng, noise))
     if draw < SKILL_PROB + NUDGE_PROB + PAUSE_PROB:
         return "pause", _Pause(int(rng.integers(PAUSE_STEPS[0], PAUSE_STEPS[1] + 1)))
     n_waypoints = int(rng.integers(FREE_WAYPOINTS[0], FREE_WAYPOINTS[1] + 1))
     return "free", free_motion(rng, sample_style(rng, noise), n_waypoints)
 
 
-def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: float, failure_prob: float) -> Iterator[PlayFrame]:
+def play_stream(env: P.Simulator, rng: np.random.Generator, n_frames: int, noise: float, failure_prob: float) -> Iterator[PlayFrame]:
     """Reset ``env`` to a random state drawn from ``rng`` and yield ``n_frames`` frames of play.
 
     Deterministic given ``rng``'s state (the physics is deterministic). ``noise`` in [0, 1] scales the
@@ -96,7 +95,7 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
     """
     if not 0.0 <= failure_prob <= 1.0:
         raise ValueError(f"play_stream: failure_prob must be in [0, 1], got {failure_prob}")
-    obs = env.reset(sample_robot_obs(rng), sample_scene_obs(rng))
+    obs = env.reset(sample_robot_obs(rng), sample_scene_obs(env.geometry, rng))
     activity, name, segment = None, "", -1
     start_scene = obs[P.SCENE_OBS].copy()
     names = tasks.names()
@@ -108,7 +107,7 @@ def play_stream(env: PlayTable, rng: np.random.Generator, n_frames: int, noise: 
         action = None
         while action is None:
             if activity is None or activity.finished:
-                name, activity = _next_activity(obs, rng, noise, failure_prob)
+                name, activity = _next_activity(obs, rng, noise, failure_prob, env.geometry)
                 segment += 1
                 start_scene = obs[P.SCENE_OBS].copy()
                 done[:] = False

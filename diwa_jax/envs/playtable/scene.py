@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diwa_jax.envs import protocol as P
+from diwa_jax.envs.geometry import BlockSurface, SceneGeometry
 from diwa_jax.envs.playtable.assets import Link, Shape, box, write_urdf
 
 TABLE_TOP_Z = 0.46
@@ -267,58 +268,29 @@ class Scene:
         return np.concatenate([np.asarray(x, dtype=np.float64) for x in parts])
 
 
-# ---- random scene states ----------------------------------------------------------------------------
+# ---- what skills aim at and where random scenes put blocks ---------------------------------------------
 
 # Block centres on the table stay clear of the button (its press needs room for the fingers), of the
 # door handle's sweep and of the switch; inside the cabinet they sit behind the door.
-_TABLE_REGION = ((-0.38, 0.16), (-0.14, 0.0))
-_CABINET_REGION = ((CABINET_X[0] + 0.06, CABINET_X[1] - 0.06), (CABINET_Y[0] + 0.05, TABLE_BACK_Y - 0.06))
-_BUTTON_CLEARANCE = 0.10
-_BLOCK_SPACING = 0.11
-
-
-def sample_blocks(rng: np.random.Generator, drawer: float) -> np.ndarray:
-    """(18,) poses of the three blocks: mostly on the table, sometimes in the cabinet or the drawer."""
-    placed: list[tuple[str, np.ndarray]] = []
-    poses = []
-    for spec in BLOCKS:
-        for _ in range(1000):
-            where = rng.choice(["table", "cabinet", "drawer"], p=[0.7, 0.2, 0.1])
-            if where == "drawer":
-                (xl, xh), (yl, yh), z = (DRAWER_X[0] + 0.07, DRAWER_X[1] - 0.07), (-0.13 - drawer, 0.20 - drawer), DRAWER_BOTTOM_TOP_Z
-            else:
-                (xl, xh), (yl, yh) = _TABLE_REGION if where == "table" else _CABINET_REGION
-                z = TABLE_TOP_Z
-            xy = np.array([rng.uniform(xl, xh), rng.uniform(yl, yh)])
-            if where == "table" and np.hypot(*(xy - BUTTON_XY)) < _BUTTON_CLEARANCE:
-                continue
-            if any(w == where and np.hypot(*(xy - other)) < _BLOCK_SPACING for w, other in placed):
-                continue
-            placed.append((where, xy))
-            yaw = rng.uniform(-np.pi, np.pi)
-            poses.append([xy[0], xy[1], z + 0.5 * spec.size[2] + 1e-4, 0.0, 0.0, yaw])
-            break
-        else:
-            raise RuntimeError("could not place the blocks; the placement regions are too small")
-    return np.asarray(poses, dtype=np.float64).reshape(-1)
-
-
-def sample_scene_obs(rng: np.random.Generator, **fixed: float) -> np.ndarray:
-    """A random consistent ``scene_obs``: door/drawer uniform in range, lights random (switch consistent
-    with the bulb), button released, blocks placed. ``fixed`` overrides by name: slider, drawer,
-    switch, lightbulb, led (the switch follows a fixed bulb unless given too)."""
-    unknown = set(fixed) - {"slider", "drawer", "switch", "lightbulb", "led"}
-    if unknown:
-        raise ValueError(f"sample_scene_obs: unknown overrides {sorted(unknown)}")
-    slider = fixed.get("slider", rng.uniform(*P.SLIDER_RANGE))
-    drawer = fixed.get("drawer", rng.uniform(*P.DRAWER_RANGE))
-    bulb = float(fixed.get("lightbulb", rng.integers(2)))
-    led = float(fixed.get("led", rng.integers(2)))
-    if "switch" in fixed:
-        switch = fixed["switch"]
-    elif bulb:
-        switch = rng.uniform(0.06, P.SWITCH_RANGE[1])
-    else:
-        switch = rng.uniform(0.0, 0.03)
-    head = np.array([slider, drawer, 0.0, switch, bulb, led], dtype=np.float64)
-    return np.concatenate([head, sample_blocks(rng, drawer)])
+GEOMETRY = SceneGeometry(
+    name="playtable",
+    drawer_handle_x=DRAWER_HANDLE_X,
+    drawer_handle_y=DRAWER_HANDLE_Y,
+    drawer_handle_z=DRAWER_HANDLE_Z,
+    drawer_front_y=DRAWER_FRONT_Y,
+    slide_handle_x=SLIDE_HANDLE_X,
+    switch_handle_x=SWITCH_HANDLE_X,
+    switch_handle_y=SWITCH_HANDLE_Y,
+    switch_tcp_z=0.50,  # the handle spans 0.478-0.56; the fingers reach up from the TCP
+    switch_axis=SWITCH_AXIS,
+    button_xy=BUTTON_XY,
+    button_top_z=BUTTON_TOP_Z,
+    block_surfaces=(
+        BlockSurface("table", (-0.38, 0.16), (-0.14, 0.0), TABLE_TOP_Z, 0.7),
+        BlockSurface("cabinet", (CABINET_X[0] + 0.06, CABINET_X[1] - 0.06), (CABINET_Y[0] + 0.05, TABLE_BACK_Y - 0.06),
+                     TABLE_TOP_Z, 0.2),
+        BlockSurface("drawer", (DRAWER_X[0] + 0.07, DRAWER_X[1] - 0.07), (-0.13, 0.20), DRAWER_BOTTOM_TOP_Z, 0.1,
+                     in_drawer=True),
+    ),
+    block_base_z=tuple(0.5 * spec.size[2] + 1e-4 for spec in BLOCKS),  # our block frames sit at their centre
+)

@@ -21,7 +21,7 @@ import numpy as np
 
 from diwa_jax.envs import protocol as P
 from diwa_jax.envs import tasks
-from diwa_jax.envs.playtable import scene as S
+from diwa_jax.envs.geometry import SceneGeometry, sample_scene_obs
 from diwa_jax.envs.playtable.waypoint import Waypoint
 from diwa_jax.envs.playtable.robot import ARM_LOWER, ARM_UPPER, FINGER_OPEN, NEUTRAL_JOINTS, PandaKinematics
 
@@ -144,9 +144,10 @@ class WaypointSkill:
         return np.concatenate([np.clip(motion, -1.0, 1.0), [gripper]])
 
 
-def _build(task: str, obs: P.Obs, rng: np.random.Generator, style: Style, frac: float) -> WaypointSkill:
+def _build(task: str, obs: P.Obs, rng: np.random.Generator, style: Style, frac: float,
+           geometry: SceneGeometry) -> WaypointSkill:
     offsets = rng.normal(0.0, style.offset_std, 3) if style.offset_std > 0 else np.zeros(3)  # of the approach
-    waypoints = _skill(task).waypoints(np.asarray(obs[P.SCENE_OBS]), frac, rng, offsets)
+    waypoints = _skill(task).waypoints(geometry, np.asarray(obs[P.SCENE_OBS]), frac, rng, offsets)
     if frac == 0.0:  # give up before contact, somewhere on the approach
         waypoints = [w for w in waypoints if not w.push][: int(rng.integers(1, 3))]
     return WaypointSkill(waypoints, rng, style, _orientation_goal(rng, style))
@@ -156,8 +157,10 @@ def _orientation_goal(rng: np.random.Generator, style: Style) -> np.ndarray:
     return NEUTRAL_ORN + (rng.normal(0.0, style.orn_std, 3) if style.orn_std > 0 else 0.0)
 
 
-def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
-    """A skill for ``task`` from the current observation; raises if the task is already done/impossible."""
+def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, geometry: SceneGeometry,
+               style: Style | None = None) -> WaypointSkill:
+    """A skill for ``task`` from the current observation in a scene of ``geometry`` (the simulator's
+    ``geometry``); raises if the task is already done/impossible."""
     scene_obs = np.asarray(obs[P.SCENE_OBS])
     if not precondition(task, scene_obs):
         raise ValueError(f"make_skill: precondition of {task!r} does not hold for scene_obs[:6] = {scene_obs[:6]}")
@@ -166,7 +169,7 @@ def make_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | N
     if style.fail:
         # Deliberate failure: stop before contact, or push only a part of the needed way.
         frac = 0.0 if rng.random() < 0.5 else float(rng.uniform(*FAIL_FRACTION))
-    return _build(task, obs, rng, style, frac)
+    return _build(task, obs, rng, style, frac, geometry)
 
 
 def nudge_tasks(scene_obs: np.ndarray) -> list[str]:
@@ -176,7 +179,8 @@ def nudge_tasks(scene_obs: np.ndarray) -> list[str]:
     return [t for t, room in nudges if room is not None and room[1] * (room[2] - s[room[0]]) > 0.03]
 
 
-def nudge_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | None = None) -> WaypointSkill:
+def nudge_skill(task: str, obs: P.Obs, rng: np.random.Generator, geometry: SceneGeometry,
+                style: Style | None = None) -> WaypointSkill:
     """Moves the drawer or door part of the way (20-80 % of the room left), whatever the task state.
 
     Play needs these: a door left between the thresholds (e.g. the slider at 0.14 m) admits neither
@@ -184,7 +188,7 @@ def nudge_skill(task: str, obs: P.Obs, rng: np.random.Generator, style: Style | 
     """
     if task not in nudge_tasks(obs[P.SCENE_OBS]):
         raise ValueError(f"nudge_skill: {task!r} has no room to move in scene_obs[:2] = {np.asarray(obs[P.SCENE_OBS])[:2]}")
-    return _build(task, obs, rng, style or Style(), float(rng.uniform(0.2, 0.8)))
+    return _build(task, obs, rng, style or Style(), float(rng.uniform(0.2, 0.8)), geometry)
 
 
 def free_motion(rng: np.random.Generator, style: Style | None = None, n_waypoints: int = 1) -> WaypointSkill:
@@ -222,7 +226,8 @@ def sample_robot_obs(rng: np.random.Generator) -> np.ndarray:
     raise RuntimeError("sample_robot_obs: no joint sample put the TCP inside START_TCP_BOX")
 
 
-def sample_start_state(task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``(robot_obs, scene_obs)`` from which ``task`` is not done yet (other parts random)."""
-    scene_obs = S.sample_scene_obs(rng, **tasks.get(task).start_scene(rng))
+def sample_start_state(task: str, rng: np.random.Generator, geometry: SceneGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``(robot_obs, scene_obs)`` in a scene of ``geometry`` from which ``task`` is not done yet
+    (other parts random)."""
+    scene_obs = sample_scene_obs(geometry, rng, **tasks.get(task).start_scene(rng))
     return sample_robot_obs(rng), scene_obs

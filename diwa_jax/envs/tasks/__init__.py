@@ -1,7 +1,7 @@
 """The task registry: one record per task, owning everything the pipeline asks about that task.
 
 A :class:`Task` holds its success predicate (the oracle: a pure function of the scene at the episode or
-window start and the scene now, ``calvin_conventions.md`` section 3), its start distribution in the
+window start and the scene now, ``calvin_conventions.md`` section 3), its start distribution (in any
 play-table, and optionally a scripted :class:`Skill` with which play collection performs it. Adding a
 task is one file: a module in this package that calls :func:`register` is found automatically; a task
 defined elsewhere is registered by importing its module before the run (e.g. from the experiment file);
@@ -28,11 +28,12 @@ Predicate = Callable[[Any, Any, Any], Any]
 
 @dataclasses.dataclass(frozen=True)
 class Skill:
-    """How scripted play performs a task in the play-table (``envs/playtable/skills.py`` runs it)."""
+    """How scripted play performs a task in any backend's scene (``envs/playtable/skills.py`` runs it)."""
 
     # scene_obs -> True when the task is not done yet and can succeed from this scene
     precondition: Callable[[np.ndarray], bool]
-    # (scene_obs, frac, rng, approach_offsets (3,)) -> the skill's waypoints; frac < 1 shortens the contact phase
+    # (geometry, scene_obs, frac, rng, approach_offsets (3,)) -> the skill's waypoints in a scene of that
+    # envs.geometry.SceneGeometry; frac < 1 shortens the contact phase
     waypoints: Callable[..., list]
     # (scene_obs index, sign of the motion, limit it moves toward): play may nudge this part partway
     nudge: tuple[int, float, float] | None = None
@@ -42,7 +43,7 @@ class Skill:
 class Task:
     name: str
     success: Predicate
-    # rng -> the scene parts a start of this task fixes (keyword arguments of playtable.scene.sample_scene_obs),
+    # rng -> the scene parts a start of this task fixes (keyword arguments of envs.geometry.sample_scene_obs),
     # drawn before the rest of the scene
     start_scene: Callable[[np.random.Generator], dict]
     skill: Skill | None = None

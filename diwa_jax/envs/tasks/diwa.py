@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.playtable import scene as S
 from diwa_jax.envs.playtable.waypoint import FINGER_HALF_SPAN, FINGER_HALF_THICKNESS, Waypoint
 from diwa_jax.envs.tasks import Skill, Task, register
 
@@ -29,26 +28,26 @@ def _switched(index: int, on: bool):
     return predicate
 
 
-# ---- skills: waypoints from the current scene ----------------------------------------------------------
+# ---- skills: waypoints from the current scene, in the simulator's geometry g ---------------------------
 
-_DRAWER_X = 0.5 * (S.DRAWER_HANDLE_X[0] + S.DRAWER_HANDLE_X[1])
-_DRAWER_Z = 0.5 * (S.DRAWER_HANDLE_Z[0] + S.DRAWER_HANDLE_Z[1])
-_SWITCH_X = 0.5 * (S.SWITCH_HANDLE_X[0] + S.SWITCH_HANDLE_X[1])
-_SWITCH_Z = 0.50  # TCP height on the handle at joint 0 (handle spans 0.478-0.56; the fingers reach up from the TCP)
 _LIFT = (0.0, 0.0, 0.08)
 
 
+def _mid(r):
+    return 0.5 * (r[0] + r[1])
+
+
 def _drawer_waypoints(opening: bool):
-    def waypoints(s, frac, rng, j):
+    def waypoints(g, s, frac, rng, j):
         d = s[P.DRAWER]
-        x = _DRAWER_X + rng.uniform(-0.05, 0.05) + j[0]
+        x = _mid(g.drawer_handle_x) + rng.uniform(-0.05, 0.05) + j[0]
         if opening:  # fingers between the drawer front and the handle bar, pull toward -y
-            y = 0.5 * (S.DRAWER_FRONT_Y + S.DRAWER_HANDLE_Y[1]) - d
+            y = 0.5 * (g.drawer_front_y + g.drawer_handle_y[1]) - d
             y_end = y - frac * (P.DRAWER_RANGE[1] + 0.02 - d)
         else:  # fingers in front of the handle bar, push toward +y
-            y = S.DRAWER_HANDLE_Y[0] - d - FINGER_HALF_THICKNESS - 0.025
+            y = g.drawer_handle_y[0] - d - FINGER_HALF_THICKNESS - 0.025
             y_end = y + frac * (d + 0.04)
-        z = _DRAWER_Z + 0.005
+        z = _mid(g.drawer_handle_z) + 0.005
         return [
             Waypoint((x, y + 0.2 * j[1], 0.50 + j[2])),
             Waypoint((x, y, z)),
@@ -59,14 +58,14 @@ def _drawer_waypoints(opening: bool):
 
 
 def _slider_waypoints(left: bool):
-    def waypoints(s, frac, rng, j):
+    def waypoints(g, s, frac, rng, j):
         sl = s[P.SLIDER]
         y = 0.015  # between the handle's front and the door
         if left:  # on the handle's +x side, push toward -x
-            x = S.SLIDE_HANDLE_X[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
+            x = g.slide_handle_x[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
             x_end = x - frac * (P.SLIDER_RANGE[1] + 0.02 - sl)
         else:
-            x = S.SLIDE_HANDLE_X[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
+            x = g.slide_handle_x[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
             x_end = x + frac * (sl + 0.02)
         z = 0.55 + rng.uniform(-0.02, 0.02)
         return [
@@ -79,25 +78,25 @@ def _slider_waypoints(left: bool):
     return waypoints
 
 
-def _switch_point(face_y: float, q: float) -> tuple[float, float]:
-    """(y, z) of a handle face point at joint value q (the joint slides up the incline)."""
-    return face_y + q * S.SWITCH_AXIS[1], _SWITCH_Z + q * S.SWITCH_AXIS[2]
+def _switch_point(g, face_y: float, q: float) -> tuple[float, float]:
+    """(y, z) of a handle face point at joint value q (the joint slides the handle along g.switch_axis)."""
+    return face_y + q * g.switch_axis[1], g.switch_tcp_z + q * g.switch_axis[2]
 
 
 def _lightbulb_waypoints(on: bool):
-    def waypoints(s, frac, rng, j):
+    def waypoints(g, s, frac, rng, j):
         q = s[P.SWITCH]
-        x = _SWITCH_X + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
+        x = _mid(g.switch_handle_x) + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
         if on:  # behind the TCP: the handle's -y face, push up the incline
-            face = S.SWITCH_HANDLE_Y[0] - FINGER_HALF_THICKNESS - 0.01
-            y0, z0 = _switch_point(face, q)
-            y1, z1 = _switch_point(face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
+            face = g.switch_handle_y[0] - FINGER_HALF_THICKNESS - 0.01
+            y0, z0 = _switch_point(g, face, q)
+            y1, z1 = _switch_point(g, face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
             above = (x, y0 - 0.03 + 0.3 * j[1], 0.60 + j[2])
             retreat = (0.0, -0.06, 0.06)
         else:  # the handle's +y face, push down the incline
-            face = S.SWITCH_HANDLE_Y[1] + FINGER_HALF_THICKNESS + 0.01
-            y0, z0 = _switch_point(face, q)
-            y1, z1 = _switch_point(face, q - frac * (q + 0.02))
+            face = g.switch_handle_y[1] + FINGER_HALF_THICKNESS + 0.01
+            y0, z0 = _switch_point(g, face, q)
+            y1, z1 = _switch_point(g, face, q - frac * (q + 0.02))
             y0 += 0.01
             # From the -x side at the handle's height: above the handle is at the edge of the reach.
             above = (x - 0.08 + 0.3 * j[0], y0 + 0.3 * abs(j[1]), z0 + 0.02 + abs(j[2]))
@@ -111,10 +110,10 @@ def _lightbulb_waypoints(on: bool):
     return waypoints
 
 
-def _button_waypoints(s, frac, rng, j):
-    bx, by = S.BUTTON_XY
+def _button_waypoints(g, s, frac, rng, j):
+    bx, by = g.button_xy
     x, y = bx + 0.3 * j[0], by + 0.3 * j[1]
-    z_press = S.BUTTON_TOP_Z - 0.032 if frac >= 1 else S.BUTTON_TOP_Z - 0.004
+    z_press = g.button_top_z - 0.032 if frac >= 1 else g.button_top_z - 0.004
     return [
         Waypoint((x, y, 0.56 + j[2])),
         Waypoint((x, y, z_press), push=True),
