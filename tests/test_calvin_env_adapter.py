@@ -1,4 +1,4 @@
-"""calvin_env adapter against a fake calvin_env package (and the real one where it is installed); with the
+"""calvin_env adapter against a fake calvin_env package (the real one: test_calvin_env_real.py); with the
 calvin_env backend, fine-tuning's simulator start pool is the training windows' first states, reset and rendered by
 calvin_env."""
 import importlib.util
@@ -62,7 +62,7 @@ control_freq: 30
 
 
 class FakePlayTableSimEnv:
-    """Records how it was built and called; asserts the gripper like calvin_env does."""
+    """Records how it was built and called; asserts the gripper and fails a second disconnect like calvin_env does."""
 
     def __init__(self, robot_cfg, seed, use_vr, bullet_time_step, cameras, show_gui, scene_cfg, use_scene_info,
                  use_egl, control_freq=30):
@@ -70,8 +70,11 @@ class FakePlayTableSimEnv:
         self.commit = module.get_git_commit_hash(Path(module.__file__))
         self.config = dict(robot=robot_cfg["name"], seed=seed, use_vr=use_vr, cameras=set(cameras), scene=scene_cfg["name"],
                            use_scene_info=use_scene_info, use_egl=use_egl)
-        self.resets, self.actions, self.closed = [], [], False
+        self.resets, self.actions, self.closes = [], [], 0
         module.instances.append(self)
+
+    def __del__(self):
+        self.close()
 
     def _obs(self):
         rng = np.random.default_rng([len(self.resets), len(self.actions)])  # every reset renders its own frame
@@ -90,10 +93,18 @@ class FakePlayTableSimEnv:
     def step(self, action):
         assert action[-1] in (-1, 1), "gripper action must be -1 or 1"
         self.actions.append(np.array(action))
-        return self._obs(), 0, False, {"scene_info": {"lights": {}}}
+        return self._obs(), 0, False, self.get_info()
+
+    def get_info(self):
+        return {"robot_info": {"uid": 1}, "scene_info": {"lights": {}}}
+
+    def get_state_obs(self):
+        return {k: v for k, v in self._obs().items() if k in ("robot_obs", "scene_obs")}
 
     def close(self):
-        self.closed = True
+        self.closes += 1
+        if self.closes > 1:
+            raise RuntimeError("Not connected to physics server.")
 
 
 def _not_a_checkout(path):
@@ -127,8 +138,8 @@ def test_missing_package_gives_install_hint(monkeypatch):
     with pytest.raises(ImportError) as info:
         CalvinEnvAdapter()
     msg = str(info.value)
-    assert "never `pip install calvin`" in msg and "git clone --recursive" in msg
-    assert "pip install -e calvin_env" in msg and "diwa-jax[calvin]" in msg
+    assert "never `pip install calvin`" in msg and "git clone https://github.com/mees/calvin_env.git" in msg
+    assert "pip install --no-deps -e calvin_env" in msg and "diwa-jax[calvin]" in msg
 
 
 def test_construction_overrides_and_git_hash_workaround(fake_calvin_env):
@@ -141,7 +152,22 @@ def test_construction_overrides_and_git_hash_workaround(fake_calvin_env):
     CalvinEnvAdapter(use_egl=True)
     assert fake_calvin_env.instances[1].config["use_egl"] is True
     adapter.close()
-    assert env.closed
+    assert env.closes == 1
+
+
+def test_close_is_idempotent_and_del_does_not_disconnect_again(fake_calvin_env):
+    adapter = CalvinEnvAdapter(use_egl=False)
+    (env,) = fake_calvin_env.instances
+    adapter.close()
+    adapter.close()
+    env.__del__()  # calvin_env's __del__ closes again: a second disconnect would raise
+    assert env.closes == 1
+
+
+def test_camera_sizes_become_calvin_env_overrides():
+    overrides = adapter_module.calvin_env_overrides(use_egl=False, static_size=96, gripper_size=64)
+    assert {"++cameras.static.width=96", "++cameras.static.height=96",
+            "++cameras.gripper.width=64", "++cameras.gripper.height=64"} <= set(overrides)
 
 
 def test_missing_conf_dir(fake_calvin_env, tmp_path):
@@ -164,9 +190,32 @@ def test_obs_flattening_and_gripper_binarisation(fake_calvin_env):
         obs, info = adapter.step(action)
         np.testing.assert_allclose(env.actions[-1][:6], action[:6])
         assert env.actions[-1][6] == sent and action[6] == np.float32(gripper)  # the caller's array is untouched
-        assert set(obs) == {"rgb_static", "rgb_gripper", "robot_obs", "scene_obs"} and "scene_info" in info
+        assert set(obs) == {"rgb_static", "rgb_gripper", "robot_obs", "scene_obs"}
     with pytest.raises(ValueError, match="7-D"):
         adapter.step(np.zeros(6))
+
+
+def test_step_clips_motion_and_refuses_non_finite_actions(fake_calvin_env):
+    adapter = CalvinEnvAdapter(use_egl=False)
+    env = fake_calvin_env.instances[0]
+    adapter.step(np.array([3.0, -2.0, 1.0, -1.0, 0.5, -1.5, 2.0]))
+    np.testing.assert_array_equal(env.actions[-1], [1.0, -1.0, 1.0, -1.0, 0.5, -1.0, 1.0])
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="finite") as info:
+            adapter.step(np.array([0.0, bad, 0, 0, 0, 0, 1]))
+        assert str(bad) in str(info.value)  # names the action
+    assert len(env.actions) == 1
+
+
+def test_info_holds_the_state_vectors_like_the_play_tables(fake_calvin_env):
+    adapter = CalvinEnvAdapter(use_egl=False)
+    obs, info = adapter.step(np.zeros(7))
+    for got in (info, adapter.get_info()):
+        assert set(got) == {"robot_info", "scene_info", "robot_obs", "scene_obs"}
+        for key in ("robot_obs", "scene_obs"):
+            assert got[key].dtype == np.float64
+            np.testing.assert_array_equal(got[key], obs[key])
+    assert info["robot_obs"] is not obs["robot_obs"] and info["scene_obs"] is not obs["scene_obs"]
 
 
 @pytest.mark.parametrize("switch, bulb, sent", [(0.02, 1.0, 0.088), (0.06, 0.0, 0.0), (0.01, 0.0, 0.01), (0.088, 1.0, 0.088)])
@@ -178,6 +227,19 @@ def test_lightbulb_switch_consistency_on_reset(fake_calvin_env, switch, bulb, se
     got = fake_calvin_env.instances[0].resets[0][1]
     assert got[3] == sent and got[4] == bulb and scene[3] == switch
     np.testing.assert_array_equal(np.delete(got, 3), np.delete(scene, 3))
+
+
+@pytest.mark.parametrize("bulb, led, sent_bulb, sent_led, sent_switch",
+                         [(0.7, 0.7, 1.0, 1.0, 0.088), (0.5, 0.5, 0.0, 0.0, 0.0), (0.3, 0.9, 0.0, 1.0, 0.0),
+                          (1.0, 0.0, 1.0, 0.0, 0.088)])
+def test_lights_binarized_on_reset_as_the_oracle_reads_them(bulb, led, sent_bulb, sent_led, sent_switch):
+    scene = np.zeros(24)
+    scene[3:6] = [0.06, bulb, led]
+    got = consistent_scene_obs(scene)
+    np.testing.assert_array_equal(got[3:6], [sent_switch, sent_bulb, sent_led])
+    assert tasks.success("turn_on_lightbulb", np.zeros(24), scene) == (sent_bulb == 1.0)
+    assert tasks.success("turn_on_led", np.zeros(24), scene) == (sent_led == 1.0)
+    assert scene[4] == bulb  # the caller's array is untouched
 
 
 def test_colorlog_fallback_matches_installation():
@@ -259,26 +321,3 @@ def test_calvin_env_start_pool_of_a_task_without_training_windows(fake_calvin_en
     assert "\n" not in msg and msg.startswith(artifacts.data_split_dir(config, "training"))
     assert f"'{config.tasks[0]}'" in msg and "config.tasks" in msg
 
-
-def _real_calvin_env_reason():
-    try:
-        import calvin_env  # noqa: F401
-    except Exception as e:
-        return f"calvin_env not importable ({type(e).__name__}); install it to run the real-simulator test"
-    return ""
-
-
-@pytest.mark.skipif(bool(_real_calvin_env_reason()), reason=_real_calvin_env_reason() or "installed")
-def test_real_calvin_env():
-    adapter = CalvinEnvAdapter(use_egl=False, seed=0)
-    try:
-        scene = np.zeros(24)
-        scene[3:5] = [0.0, 1.0]  # bulb on with the switch down: the adapter raises the switch
-        obs = adapter.reset(robot_obs=NEUTRAL_ROBOT_OBS, scene_obs=scene)
-        assert obs["rgb_static"].shape == (200, 200, 3) and obs["rgb_gripper"].shape == (84, 84, 3)
-        np.testing.assert_allclose(obs["robot_obs"][:6], NEUTRAL_ROBOT_OBS[:6], atol=1e-3)
-        obs, info = adapter.step(np.array([0, 0, 0, 0, 0, 0, 0.4]))
-        assert obs["scene_obs"][4] == 1 and obs["scene_obs"][3] > 0.044
-        assert "scene_info" in info and "robot_info" in info
-    finally:
-        adapter.close()
