@@ -4,7 +4,8 @@ Layout (``W`` = ``config.derived.workdir``)::
 
     W/config.json                      the resolved config (launch.py)
     W/<stage>/COMPLETE.json            the pipeline's stage marker (pipeline.py)
-    W/data/{training,validation}/      the collected data set (unless config.data.path names one)
+    W/collect/data/{training,validation}/  the collected data set (unless config.data.path names one) and
+                                       simulator.json, the simulator that recorded it
     W/cache/                           the preprocessed 64x64 cache (unless config.data.cache_dir names one)
     W/world_model/checkpoints/         the RSSM (train state; later stages read its ``params``)
     W/featurize/<split>/               deter.npy, stoch.npy, progress.npz
@@ -36,8 +37,9 @@ from diwa_jax.data.preprocess import Cache, ensure_cache
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import init_classifier
-from diwa_jax.errors import CheckpointError
-from diwa_jax.specs import denoiser_spec, policy_schedule, reward_spec, sampler_record, world_model_spec
+from diwa_jax.errors import CheckpointError, DataError
+from diwa_jax.specs import (denoiser_spec, policy_schedule, reward_spec, sampler_record, scene_geometry,
+                            world_model_spec)
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 from diwa_jax.world_model.featurize import Features
@@ -85,6 +87,43 @@ def start_list_path(config, task: str, name: str) -> str:
 
 def data_split_dir(config, split: str) -> str:
     return os.path.join(config.derived.data_dir, split)
+
+
+SIMULATOR_RECORD = "simulator.json"
+
+
+def data_simulator(config) -> dict | None:
+    """Which simulator recorded the data set, ``{"backend", "scene"}`` (``<data set>/simulator.json``); None before
+    a collection started. A data set named by ``config.data.path`` without the record is one of CALVIN's own
+    (recorded in calvin_env); one collected in the workdir without it was made by an older diwa-jax, which
+    collected in the play-table only."""
+    path = os.path.join(config.derived.data_dir, SIMULATOR_RECORD)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        if not config.derived.collect_data:
+            return {"backend": "calvin_env", "scene": "unrecorded (a CALVIN data set)"}
+        return {"backend": "playtable", "scene": "playtable"} if os.path.isdir(data_split_dir(config, "training")) else None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable simulator record ({e}); write {{\"backend\": \"playtable\" or "
+                        "\"calvin_env\", \"scene\": ...}} for the simulator that recorded this data set") from e
+    if not isinstance(record, dict) or record.get("backend") not in ("playtable", "calvin_env"):
+        raise DataError(f"{path}: not a simulator record (want {{\"backend\": \"playtable\" or \"calvin_env\", "
+                        f"\"scene\": ...}}, has {record!r})")
+    return record
+
+
+def record_data_simulator(config) -> None:
+    """Records ``config.env.backend`` as the data set's simulator; refuses to add frames of another simulator to a
+    data set that has some (opting in to evaluation across simulators does not make one data set of two)."""
+    recorded = data_simulator(config)
+    if recorded is not None and recorded["backend"] != config.env.backend:
+        raise DataError(f"{config.derived.data_dir}: this data set was recorded in {recorded['backend']}; collecting "
+                        f"more of it in config.env.backend={config.env.backend!r} would mix two simulators in one "
+                        "data set; use a new --workdir")
+    write_json(os.path.join(config.derived.data_dir, SIMULATOR_RECORD),
+               {"backend": config.env.backend, "scene": scene_geometry(config).name})
 
 
 def features_dir(config, split: str) -> Path:

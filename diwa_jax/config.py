@@ -212,8 +212,6 @@ _RELATIONS = (
     ("eval.episodes", lambda c: c.eval.episodes > 0 or c.eval.start_source == "validation",
      "must be > 0 with config.eval.start_source='simulator' (0 means every validation window)"),
     ("eval.workers", lambda c: c.eval.workers <= c.eval.envs, "must be <= config.eval.envs (each worker runs >= 1 simulator)"),
-    ("eval.start_source", lambda c: c.eval.start_source == "validation" or c.env.backend == "playtable",
-     "'simulator' samples the play-table's task starts; with config.env.backend='calvin_env' use 'validation'"),
     ("wm.openloop_context", lambda c: c.wm.openloop_context + c.wm.openloop_horizon <= c.wm.seq_len
      or c.wm.openloop_context + c.wm.openloop_horizon <= c.collect.segment_frames,
      "context + horizon must fit in a recorded segment (config.collect.segment_frames)"),

@@ -27,7 +27,7 @@ import time
 from typing import Callable, Sequence
 
 from diwa_jax.artifacts import STAGE_MARKER as MARKER
-from diwa_jax.artifacts import stage_dir
+from diwa_jax.artifacts import data_simulator, stage_dir
 from diwa_jax.atomic import write_json, write_text
 from diwa_jax.config import COSMETIC, ConfigError, sections, to_json
 from diwa_jax.logging import info
@@ -50,7 +50,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("collect", "scripted play and expert demos in the embedded play-table",
+    Stage("collect", "scripted play and expert demos in the simulator of config.env.backend",
           ("seed", "collect", "env.static_size", "env.gripper_size", "env.renderer"), (),
           collect.collect),
     Stage("world_model", "train the RSSM on play sequences",
@@ -242,6 +242,19 @@ def _check_data_path(config) -> None:
                       "pass a CALVIN data set root such as .../task_D_D")
 
 
+def _check_simulator(config) -> None:
+    """One simulator per run: the data set's (``artifacts.data_simulator``) is the one fine-tuning and evaluation
+    use, unless the user opts in."""
+    recorded = data_simulator(config)
+    if recorded is None or recorded["backend"] == config.env.backend or config.data.allow_simulator_mismatch:
+        return
+    raise ConfigError(
+        f"{config.derived.data_dir}: the data set was recorded in {recorded['backend']} ({recorded['scene']}), but "
+        f"config.env.backend={config.env.backend!r} would fine-tune and evaluate its models in another simulator; "
+        f"use --config.env.backend={recorded['backend']} (or a new --workdir), or opt in with "
+        "--config.data.allow_simulator_mismatch=True")
+
+
 def _check_devices(config, stages: tuple[Stage, ...]) -> None:
     if "finetune" not in {s.name for s in stages} or is_complete(config, _stage("finetune")):
         return
@@ -306,6 +319,7 @@ def run(config, names: Sequence[str] | None = None) -> None:
     retuned = check_workdir(config)
     _check_inputs(config, stages)
     _check_data_path(config)
+    _check_simulator(config)
     _check_devices(config, stages)
     _check_writable(config, stages, resolved)
     os.makedirs(config.derived.workdir, exist_ok=True)

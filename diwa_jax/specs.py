@@ -117,8 +117,18 @@ def env_factory(config):
     if config.env.backend == "calvin_env":
         from diwa_jax.envs.calvin_env import CalvinEnvAdapter
         return functools.partial(CalvinEnvAdapter, conf_dir=config.env.calvin_env_conf_dir or None,
-                                 use_egl=config.env.renderer == "egl", seed=config.seed)
+                                 use_egl=config.env.renderer == "egl", seed=config.seed,
+                                 static_size=config.env.static_size, gripper_size=config.env.gripper_size)
     raise ValueError(f"config.env.backend={config.env.backend!r}: choose playtable or calvin_env")
+
+
+def scene_geometry(config):
+    """The ``envs.geometry.SceneGeometry`` of ``config.env.backend``'s scene, without building a simulator."""
+    if config.env.backend == "playtable":
+        from diwa_jax.envs.playtable.scene import GEOMETRY
+        return GEOMETRY
+    from diwa_jax.envs.geometry import CALVIN_SCENE_D
+    return CALVIN_SCENE_D
 
 
 def make_env(config):

@@ -28,6 +28,9 @@ def _paper() -> ml_collections.ConfigDict:
     # ---- data set (CALVIN on-disk format) -----------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # a CALVIN split root (e.g. .../task_D_D); empty: stage `collect` makes one
+    # Fine-tune and evaluate in config.env.backend although the data set was recorded in another simulator
+    # (refused otherwise: the models would learn one scene and be judged in another).
+    c.data.allow_simulator_mismatch = False
     c.data.image_size = 64  # both cameras area-resized to this (the WM's conv geometry needs 64)
     c.data.rot6d = True  # Euler angles in robot/scene state -> rot6d (18-D proprio)
     c.data.cache_dir = ""  # preprocessed 64x64 cache; empty: <workdir>/cache
@@ -42,7 +45,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.env.renderer = "tiny"  # tiny (pybullet TinyRenderer) | egl
     c.env.calvin_env_conf_dir = ""  # calvin_env's conf/ folder; empty: the installed package's
 
-    # ---- scripted play collection (embedded play-table only) ----------------------------------
+    # ---- scripted play collection (in the simulator of env.backend) ---------------------------
     c.collect = ml_collections.ConfigDict()
     c.collect.train_frames = 500_000
     c.collect.val_frames = 100_000

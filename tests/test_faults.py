@@ -463,6 +463,7 @@ def test_task_without_validation_windows_refused_before_training(tmp_path, capsy
                              gripper_size=8)
     c = get_config("tiny")
     c.data.path, c.tasks = str(root), ("open_drawer",)
+    c.data.allow_simulator_mismatch = True  # a CALVIN-format set without a simulator record counts as calvin_env's
     with pytest.raises(configlib.ConfigError, match=r"config\.tasks: no validation annotation windows of open_drawer"):
         pipeline.run(configlib.finalize(c, str(tmp_path / "run")))
     assert not (tmp_path / "run" / "world_model").exists()  # refused before the first model

@@ -1,4 +1,4 @@
-"""Scripted play in the embedded play-table, written in CALVIN's format.
+"""Scripted play in a simulator of any backend, written in CALVIN's format.
 
 Each split is cut into recorded segments (rows of ``ep_start_end_ids``) of ``collect.segment_frames``
 frames. A segment is one ``play_stream`` from a random start, seeded by (seed, split, segment), so it
@@ -57,11 +57,11 @@ def annotation_window(scenes: np.ndarray, completed: int, task: str, window: int
 _ENV = None  # one simulator per worker process, built by init_worker
 
 
-def init_worker(env_kwargs: dict, task_modules: tuple[str, ...]) -> None:
+def init_worker(make_env, task_modules: tuple[str, ...]) -> None:
+    """Builds this worker's simulator with ``make_env`` (a picklable callable: any backend)."""
     global _ENV
     tasks.import_modules(task_modules)  # play labels every task its parent knows
-    from diwa_jax.envs.playtable.env import PlayTable
-    _ENV = PlayTable(**env_kwargs)
+    _ENV = make_env()
 
 
 def collect_segment(job: SegmentJob) -> int:

@@ -1,5 +1,6 @@
 """The ``collect`` stage: every missing recorded segment of both splits (``data/collect.py``), then each split's
-metadata. Workers are separate processes, each with its own simulator."""
+metadata. Workers are separate processes, each with its own simulator of ``config.env.backend``; the data set
+records which simulator made it (``artifacts.data_simulator``)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from diwa_jax.data import calvin_format as cf
 from diwa_jax.data.collect import SPLITS, SegmentJob, collect_segment, init_worker, load_record, segment_done
 from diwa_jax.envs import tasks as task_registry
 from diwa_jax.logging import info, progress
+from diwa_jax.specs import env_factory
 from diwa_jax.workers import worker_pool
 
 
@@ -32,21 +34,21 @@ def plan(config) -> dict[str, list[SegmentJob]]:
 
 def collect(config) -> dict:
     """Stage runner: collect every missing segment, then write each split's metadata."""
-    env_kwargs = dict(static_size=config.env.static_size, gripper_size=config.env.gripper_size,
-                      renderer=config.env.renderer, render=True)
     jobs = plan(config)
     todo = [j for split in SPLITS for j in jobs[split] if not segment_done(j)]
     total = sum(j.n_frames for split in SPLITS for j in jobs[split])
     done = total - sum(j.n_frames for j in todo)
     if done:
         info(f"[collect] resuming: {done} of {total} frames already written")
+    os.makedirs(config.derived.data_dir, exist_ok=True)
+    artifacts.record_data_simulator(config)  # before the first frame: a resumed collection checks it up front
     for split in SPLITS:
         os.makedirs(artifacts.data_split_dir(config, split), exist_ok=True)
     if todo:
         bar = progress(range(total), total=total, initial=done, desc="collect", enabled=config.log.progress)
         workers = min(config.collect.workers, len(todo))
         with worker_pool(workers, initializer=init_worker,
-                         initargs=(env_kwargs, task_registry.modules())) as pool:
+                         initargs=(env_factory(config), task_registry.modules())) as pool:
             for n in pool.imap_unordered(collect_segment, todo):
                 if hasattr(bar, "update"):
                     bar.update(n)

@@ -46,7 +46,7 @@ from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
-from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record
+from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record, scene_geometry
 from diwa_jax.stages.start_lists import sampled_starts, start_list, window_starts
 from diwa_jax.training import run_loop
 from diwa_jax.types import Latent
@@ -81,7 +81,7 @@ def simulator_start_states(config, task: str, n: int, seed_index: int) -> tuple[
     windows, with replacement otherwise."""
     stream = (config.seed, tasks.stream(task), START_STREAM, seed_index)
     if config.env.backend == "playtable":
-        return sampled_starts(task, n, stream)
+        return sampled_starts(task, n, stream, scene_geometry(config))
     split = CalvinSplit(artifacts.data_split_dir(config, "training"))
     robot, scene = window_starts(split, artifacts.caches(config)["training"], task)
     if len(robot) == 0:

@@ -11,7 +11,8 @@ fine-tuning seed and every rerun is judged from exactly the same starts:
   ``validation`` (CALVIN's protocol): the first state of each validation window of the task, shuffled with
     ``eval.start_seed``; the first ``eval.periodic_episodes`` form the periodic list, the next
     ``eval.episodes`` (0: all the rest) the final one.
-  ``simulator``: random starts of the task (its registered start distribution, ``skills.sample_start_state``), each list from its own numpy
+  ``simulator``: random starts of the task in the backend's scene (its registered start distribution,
+    ``skills.sample_start_state``), each list from its own numpy
     stream ``(eval.start_seed, crc32(task), stream)``. ``config.seed`` is not part of it, so runs of other
     seeds evaluate on the same lists; fine-tuning's start pools come from streams with ``config.seed``
     and a different stream number. Streams follow the task's name, not its position in the task list.
@@ -24,7 +25,7 @@ import os
 
 import numpy as np
 
-from diwa_jax import artifacts
+from diwa_jax import artifacts, specs
 from diwa_jax.atomic import atomic_write
 from diwa_jax.data.batching import task_windows
 from diwa_jax.data.calvin_format import CalvinSplit
@@ -55,12 +56,12 @@ class StartList:
         return f"{self.name} list, {len(self)} {self.source} starts"
 
 
-def sampled_starts(task: str, n: int, stream: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random starts of ``task`` from the numpy stream ``stream``: ``(robot_obs (n, 15), scene_obs (n, 24))``;
-    the first ``m`` of ``n`` are the ``m`` starts of a shorter draw."""
+def sampled_starts(task: str, n: int, stream: tuple[int, ...], geometry) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random starts of ``task`` in a scene of ``geometry`` from the numpy stream ``stream``: ``(robot_obs
+    (n, 15), scene_obs (n, 24))``; the first ``m`` of ``n`` are the ``m`` starts of a shorter draw."""
     from diwa_jax.envs.playtable.skills import sample_start_state  # pybullet kinematics: import on use
     rng = np.random.default_rng(list(stream))
-    robot, scene = zip(*(sample_start_state(task, rng) for _ in range(n)))
+    robot, scene = zip(*(sample_start_state(task, rng, geometry) for _ in range(n)))
     return np.stack(robot), np.stack(scene)
 
 
@@ -75,7 +76,7 @@ def _make(config, task: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     e = config.eval
     if e.start_source == "simulator":
         return sampled_starts(task, e.episodes if name == "final" else e.periodic_episodes,
-                              (e.start_seed, tasks.stream(task), STREAMS[name]))
+                              (e.start_seed, tasks.stream(task), STREAMS[name]), specs.scene_geometry(config))
     robot, scene = window_starts(CalvinSplit(artifacts.data_split_dir(config, "validation")),
                                  artifacts.caches(config)["validation"], task)
     if len(robot) <= e.periodic_episodes:
