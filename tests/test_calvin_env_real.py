@@ -36,8 +36,11 @@ def _real_calvin_env_reason():
 REASON = _real_calvin_env_reason()
 
 
+VENDORED = sorted((Path(__file__).resolve().parents[1].parent / "shared" / "vendor").glob("calvin_env-*.tar.gz"))
+
+
 def test_calvin_env_importable():
-    if REASON and os.environ.get("CI"):
+    if REASON and os.environ.get("CI") and VENDORED:
         pytest.fail(f"{REASON}. In CI, .ci/run should have installed the vendored calvin_env "
                     "(../shared/vendor/calvin_env-*.tar.gz); see its warning in the log")
     if REASON:
