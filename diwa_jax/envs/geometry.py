@@ -39,36 +39,51 @@ class SceneGeometry:
     drawer_handle_z: Range
     drawer_front_y: float
     slide_handle_x: Range  # at slider joint 0; the door moves toward -x
+    slide_tcp_yz: tuple[float, float]  # where the fingers push the door handle's side (the middle height)
+    slide_approach_z: float  # the height from which the fingers come down beside the handle
     switch_handle_x: Range
     switch_handle_y: Range  # the handle's faces at switch joint 0
     switch_tcp_z: float  # TCP height on the handle's -y face at joint 0
     switch_axis: tuple[float, float, float]  # unit direction the handle moves as the joint grows
+    switch_on_push: tuple[float, float]  # TCP (dy, dz) per unit of joint travel pushing the -y face on
     button_xy: tuple[float, float]
     button_top_z: float
     block_surfaces: tuple[BlockSurface, ...]
     block_base_z: tuple[float, float, float]  # height of each block's base frame above its resting surface
     button_clearance: float = 0.10  # block centres stay this far from the button (the press needs room)
     block_spacing: float = 0.11  # between block centres on one surface
+    # Turning off: with ``switch_top`` (the TCP's (y, z) on the handle's top at joint 0) press the top straight
+    # down, else push the handle's +y face down the rail; the gripper pitched by ``switch_off_pitch`` (rad).
+    switch_top: tuple[float, float] | None = None
+    switch_off_pitch: float = 0.0
 
 
-def _incline(degrees: float) -> tuple[float, float, float]:
+def incline(degrees: float) -> tuple[float, float, float]:
+    """The unit direction rising ``degrees`` above the +y axis in the y-z plane."""
     return 0.0, math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
 
 
 # calvin_env's scene D (global scaling 0.8). The switch handle's -y face and its 60 degree rail are measured from
 # calvin_table_D's switch link (joint 0 -> 0.088 moves it by (0, 0.044, 0.076)); block surfaces are the scene
-# config's `surfaces`; calvin_env's block frames sit at their bottom face.
+# config's `surfaces`; calvin_env's block frames sit at their bottom face. The handle is a 3 cm knob whose front
+# runs parallel to the rail: pushed along the rail the fingers slide over it, pushed 30 degrees up they carry it.
+# Its top faces up the rail, pressed down it turns the bulb off; a vertical gripper cannot reach that high
+# over the table's back, one pitched by 0.5 rad toward +y can. The door handle is a bar leaning back like the
+# door, up to z 0.644: fingers push its upper part, with the hand (from 6.3 cm above the TCP) clear above it.
 CALVIN_SCENE_D = SceneGeometry(
     name="calvin_scene_D",
     drawer_handle_x=(0.075, 0.30),
     drawer_handle_y=(-0.262, -0.24),
     drawer_handle_z=(0.34, 0.38),
     drawer_front_y=-0.183,
-    slide_handle_x=(0.025, 0.05),
+    slide_handle_x=(0.015, 0.065),
+    slide_tcp_yz=(0.03, 0.61),
+    slide_approach_z=0.66,
     switch_handle_x=(0.27, 0.33),
     switch_handle_y=(-0.004, 0.02),
-    switch_tcp_z=0.50,
-    switch_axis=_incline(60.0),
+    switch_tcp_z=0.51,
+    switch_axis=incline(60.0),
+    switch_on_push=(1.0, math.tan(math.radians(30.0))),
     button_xy=(-0.12, -0.12),
     button_top_z=0.487,
     block_surfaces=(
@@ -77,6 +92,8 @@ CALVIN_SCENE_D = SceneGeometry(
         BlockSurface("slider_right", (-0.04, 0.12), (0.06, 0.11), 0.46, 0.15),
     ),
     block_base_z=(1e-4, 1e-4, 1e-4),
+    switch_top=(0.02, 0.55),
+    switch_off_pitch=-0.5,
 )
 
 

@@ -15,13 +15,12 @@ above 0.044. Lights are fixed links whose colour changes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from diwa_jax.envs import protocol as P
-from diwa_jax.envs.geometry import BlockSurface, SceneGeometry
+from diwa_jax.envs.geometry import BlockSurface, SceneGeometry, incline
 from diwa_jax.envs.playtable.assets import Link, Shape, box, write_urdf
 
 TABLE_TOP_Z = 0.46
@@ -55,8 +54,7 @@ BUTTON_TOP_Z = 0.487
 BUTTON_RADIUS = 0.022
 
 # Switch: a handle sliding up an incline toward +y.
-SWITCH_INCLINE = math.radians(20.0)
-SWITCH_AXIS = (0.0, math.cos(SWITCH_INCLINE), math.sin(SWITCH_INCLINE))
+SWITCH_AXIS = incline(20.0)
 SWITCH_HANDLE_X = (0.235, 0.265)
 SWITCH_HANDLE_Y = (-0.14, -0.12)
 SWITCH_HANDLE_Z = (0.478, 0.56)
@@ -279,10 +277,13 @@ GEOMETRY = SceneGeometry(
     drawer_handle_z=DRAWER_HANDLE_Z,
     drawer_front_y=DRAWER_FRONT_Y,
     slide_handle_x=SLIDE_HANDLE_X,
+    slide_tcp_yz=(0.015, 0.55),  # between the handle's front and the door
+    slide_approach_z=0.62,
     switch_handle_x=SWITCH_HANDLE_X,
     switch_handle_y=SWITCH_HANDLE_Y,
     switch_tcp_z=0.50,  # the handle spans 0.478-0.56; the fingers reach up from the TCP
     switch_axis=SWITCH_AXIS,
+    switch_on_push=SWITCH_AXIS[1:],
     button_xy=BUTTON_XY,
     button_top_z=BUTTON_TOP_Z,
     block_surfaces=(

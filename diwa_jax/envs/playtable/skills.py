@@ -137,7 +137,8 @@ class WaypointSkill:
         # axis but lags far behind per-axis saturation on a diagonal (the target then overshoots).
         pos = (self._goal - tcp) / (P.MAX_POS * POS_GAIN_DISTANCE)
         pos = pos * min(1.0, style.speed / max(float(np.linalg.norm(pos)), 1e-9))
-        rot = np.clip(P.wrap_to_pi(self._orn_goal - orn) / P.MAX_ORN, -style.speed, style.speed)
+        orn_goal = self._orn_goal + np.array([0.0, w.pitch, 0.0])
+        rot = np.clip(P.wrap_to_pi(orn_goal - orn) / P.MAX_ORN, -style.speed, style.speed)
         motion = np.concatenate([pos, rot])
         if style.action_noise > 0:
             motion = motion + self._rng.normal(0.0, style.action_noise, 6)

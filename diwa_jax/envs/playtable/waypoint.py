@@ -13,3 +13,4 @@ class Waypoint:
     gripper: float = -1.0
     push: bool = False  # contact phase: also ends on stall
     relative: bool = False
+    pitch: float = 0.0  # added to the skill's orientation goal's pitch (rad) while this waypoint is followed

@@ -60,17 +60,17 @@ def _drawer_waypoints(opening: bool):
 def _slider_waypoints(left: bool):
     def waypoints(g, s, frac, rng, j):
         sl = s[P.SLIDER]
-        y = 0.015  # between the handle's front and the door
+        y, z_mid = g.slide_tcp_yz
         if left:  # on the handle's +x side, push toward -x
             x = g.slide_handle_x[1] - sl + FINGER_HALF_SPAN + 0.015 + abs(j[0])
             x_end = x - frac * (P.SLIDER_RANGE[1] + 0.02 - sl)
         else:
             x = g.slide_handle_x[0] - sl - FINGER_HALF_SPAN - 0.015 - abs(j[0])
             x_end = x + frac * (sl + 0.02)
-        z = 0.55 + rng.uniform(-0.02, 0.02)
+        z = z_mid + rng.uniform(-0.02, 0.02)
         return [
-            Waypoint((x, -0.06 + j[1], 0.62 + j[2])),
-            Waypoint((x, y, 0.62)),
+            Waypoint((x, -0.06 + j[1], g.slide_approach_z + j[2])),
+            Waypoint((x, y, g.slide_approach_z)),
             Waypoint((x, y, z)),
             Waypoint((x_end, y, z), push=True),
             Waypoint((0.0, -0.07, 0.05), relative=True),
@@ -87,12 +87,20 @@ def _lightbulb_waypoints(on: bool):
     def waypoints(g, s, frac, rng, j):
         q = s[P.SWITCH]
         x = _mid(g.switch_handle_x) + rng.uniform(-0.01, 0.01) + 0.3 * j[0]
+        pitch = 0.0
         if on:  # behind the TCP: the handle's -y face, push up the incline
             face = g.switch_handle_y[0] - FINGER_HALF_THICKNESS - 0.01
             y0, z0 = _switch_point(g, face, q)
-            y1, z1 = _switch_point(g, face, q + frac * (P.SWITCH_RANGE[1] + 0.02 - q))
+            travel = frac * (P.SWITCH_RANGE[1] + 0.02 - q)
+            y1, z1 = y0 + travel * g.switch_on_push[0], z0 + travel * g.switch_on_push[1]
             above = (x, y0 - 0.03 + 0.3 * j[1], 0.60 + j[2])
             retreat = (0.0, -0.06, 0.06)
+        elif g.switch_top is not None:  # press the handle's top straight down
+            pitch = g.switch_off_pitch
+            y0, z0 = g.switch_top[0] + q * g.switch_axis[1], g.switch_top[1] + q * g.switch_axis[2]
+            y1, z1 = y0, z0 - frac * ((q + 0.02) * g.switch_axis[2] + 0.01)
+            above = (x, y0 - 0.01 + 0.3 * j[1], z0 + 0.04 + abs(j[2]))
+            retreat = (0.0, 0.0, 0.08)
         else:  # the handle's +y face, push down the incline
             face = g.switch_handle_y[1] + FINGER_HALF_THICKNESS + 0.01
             y0, z0 = _switch_point(g, face, q)
@@ -102,10 +110,10 @@ def _lightbulb_waypoints(on: bool):
             above = (x - 0.08 + 0.3 * j[0], y0 + 0.3 * abs(j[1]), z0 + 0.02 + abs(j[2]))
             retreat = (0.0, 0.0, 0.08)
         return [
-            Waypoint(above),
-            Waypoint((x, y0, z0)),
-            Waypoint((x, y1, z1), push=True),
-            Waypoint(retreat, relative=True),
+            Waypoint(above, pitch=pitch),
+            Waypoint((x, y0, z0), pitch=pitch),
+            Waypoint((x, y1, z1), push=True, pitch=pitch),
+            Waypoint(retreat, relative=True, pitch=pitch),
         ]
     return waypoints
 
