@@ -198,13 +198,9 @@ def test_target_pose_follows_relative_actions(adapter):
     np.testing.assert_allclose(adapter.target_pose - before, [P.MAX_POS, -P.MAX_POS, 0, 0, 0, 0.5 * P.MAX_ORN], atol=1e-9)
 
 
-SKILL_TASKS = ("open_drawer", "close_drawer", "move_slider_left", "move_slider_right", "turn_on_led", "turn_off_led")
-
-
-@pytest.mark.parametrize("task", SKILL_TASKS)
+@pytest.mark.parametrize("task", TASKS)
 def test_scripted_skills_succeed_in_scene_d(adapter, task):
-    """The play-table's skills, placed with scene D's geometry, succeed in calvin_env within DiWA's 72 steps
-    (the lightbulb skills do not yet: CALVIN's switch sits at the edge of the arm's reach)."""
+    """The play-table's skills, placed with scene D's geometry, succeed in calvin_env within DiWA's 72 steps."""
     from diwa_jax.envs.playtable.skills import make_skill, sample_start_state
     rng = np.random.default_rng(tasks.stream(task))
     obs = adapter.reset(*sample_start_state(task, rng, adapter.geometry))
