@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for every artifact of the run (created if missing)")
-_STAGES = flags.DEFINE_list("stages", [], "stages to run, in pipeline order (default: all)")
+_STAGES = flags.DEFINE_list("stages", [], "stages to run, in pipeline order (default: all but the optional online)")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (TPU pods, GPU clusters): start the same command on every host with its --process_id.
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,

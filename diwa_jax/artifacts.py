@@ -16,6 +16,8 @@ Layout (``W`` = ``config.derived.workdir``)::
                                        start_pool.npz, curve.json
     W/evaluate/                        TensorBoard videos
     W/results.json, results.md, success_curves.png, videos/
+    W/online/<task>/seed<k>/           online DPPO (the optional ``online`` stage): checkpoints/, curve.json;
+    W/online/online_vs_diwa.json, .png the simulator steps online fine-tuning needed to match DiWA's success
 
 Every unit a stage finishes (a split of features, a task's policy, classifier or fine-tuning run, the world
 model) ends with one marker, ``done.json`` in its folder, holding the unit's summary; it is written last,
@@ -44,7 +46,7 @@ from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 from diwa_jax.world_model.featurize import Features
 
-STAGES = ("collect", "world_model", "featurize", "policy", "reward", "finetune", "evaluate")
+STAGES = ("collect", "world_model", "featurize", "policy", "reward", "finetune", "evaluate", "online")
 STAGE_MARKER = "COMPLETE.json"
 DONE = "done.json"
 SPLITS = ("training", "validation")
@@ -72,9 +74,14 @@ def task_dir(config, stage: str, task: str) -> str:
     return os.path.join(stage_dir(config, stage), task)
 
 
+def run_dir(config, stage: str, task: str, seed_index: int) -> str:
+    """The folder of one run of a fine-tuning stage (``finetune``, ``online``): ``task`` under fine-tuning seed
+    ``seed_index`` (0 .. config.seeds - 1)."""
+    return os.path.join(task_dir(config, stage, task), f"seed{seed_index}")
+
+
 def finetune_dir(config, task: str, seed_index: int) -> str:
-    """The folder of one fine-tuning run: ``task`` under fine-tuning seed ``seed_index`` (0 .. config.seeds - 1)."""
-    return os.path.join(task_dir(config, "finetune", task), f"seed{seed_index}")
+    return run_dir(config, "finetune", task, seed_index)
 
 
 def checkpoint_dir(config, stage: str, task: str | None = None) -> str:
@@ -246,14 +253,14 @@ def load_start_pool(config, task: str, seed_index: int) -> Latent | None:
         return Latent(deter=saved["deter"], stoch=saved["stoch"])
 
 
-def read_curve(config, task: str, seed_index: int) -> list[dict]:
-    path = os.path.join(finetune_dir(config, task, seed_index), CURVE)
+def read_curve(config, task: str, seed_index: int, stage: str = "finetune") -> list[dict]:
+    path = os.path.join(run_dir(config, stage, task, seed_index), CURVE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return json.load(f)["entries"]
 
 
-def write_curve(config, task: str, seed_index: int, entries: list[dict]) -> None:
-    write_json(os.path.join(finetune_dir(config, task, seed_index), CURVE),
+def write_curve(config, task: str, seed_index: int, entries: list[dict], stage: str = "finetune") -> None:
+    write_json(os.path.join(run_dir(config, stage, task, seed_index), CURVE),
                {"task": task, "seed_index": seed_index, "entries": entries})

@@ -188,6 +188,12 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "eval.start_seed": _non_negative,
     "eval.envs": _positive,
     "eval.workers": _non_negative,
+    "online.init": _one_of("pretrained", "finetuned"),
+    "online.envs": _positive,
+    "online.workers": _non_negative,
+    "online.iterations": _positive,
+    "online.eval_every": _positive,
+    "online.ckpt_every": _positive,
 }
 
 # Keys that change what is logged, how often state is saved or how work is spread over processes, never
@@ -195,7 +201,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
 # checkpoint interval; an evaluation episode's noise does not depend on the simulator it runs on, though
 # batching can change a few episodes' floating-point paths).
 COSMETIC = ("collect.workers", "wm.log_every", "wm.image_every", "wm.ckpt_every", "policy.ckpt_every",
-            "ppo.ckpt_every", "eval.envs", "eval.workers")
+            "ppo.ckpt_every", "eval.envs", "eval.workers", "online.workers", "online.ckpt_every")
 
 # Relations between keys: (keys named in the error, predicate on the config, message).
 _RELATIONS = (
@@ -212,6 +218,9 @@ _RELATIONS = (
     ("eval.episodes", lambda c: c.eval.episodes > 0 or c.eval.start_source == "validation",
      "must be > 0 with config.eval.start_source='simulator' (0 means every validation window)"),
     ("eval.workers", lambda c: c.eval.workers <= c.eval.envs, "must be <= config.eval.envs (each worker runs >= 1 simulator)"),
+    ("online.workers", lambda c: c.online.workers <= c.online.envs,
+     "must be <= config.online.envs (each worker runs >= 1 simulator)"),
+    ("online.tasks", lambda c: set(c.online.tasks) <= set(c.tasks), "must be tasks of config.tasks"),
     ("wm.openloop_context", lambda c: c.wm.openloop_context + c.wm.openloop_horizon <= c.wm.seq_len
      or c.wm.openloop_context + c.wm.openloop_horizon <= c.collect.segment_frames,
      "context + horizon must fit in a recorded segment (config.collect.segment_frames)"),
@@ -261,6 +270,8 @@ def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.Co
     d.samples_per_iteration = config.ppo.n_envs * config.ppo.n_steps
     d.ppo_minibatches = max(1, math.ceil(d.samples_per_iteration / config.ppo.batch_size))
     d.wm_steps_per_iteration = d.samples_per_iteration * config.policy.act_steps
+    d.online_tasks = tuple(config.online.tasks) or tuple(config.tasks)
+    d.online_max_sim_steps_per_iteration = config.online.envs * config.ppo.n_steps * config.policy.act_steps
     return d
 
 

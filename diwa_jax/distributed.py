@@ -93,9 +93,10 @@ def rollout_shardings(mesh: Mesh) -> Rollout:
 
 
 def state_shardings(state: agent.FinetuneState, mesh: Mesh) -> agent.FinetuneState:
-    """Envs and the reward scaler's per-env returns split, everything else replicated."""
+    """Envs (where the state has imagined ones) and the reward scaler's per-env returns split, everything else
+    replicated."""
     shardings = jax.tree.map(lambda _: replicated(mesh), state)
-    return shardings.replace(env=env_shardings(mesh),
+    return shardings.replace(env=None if state.env is None else env_shardings(mesh),
                              reward_scaler=shardings.reward_scaler.replace(running_return=split(mesh)))
 
 
@@ -165,6 +166,16 @@ def sharded_iteration(spec: agent.FinetuneSpec, mesh: Mesh, state: agent.Finetun
     _check_divisible(spec.n_envs, mesh, "config.ppo.n_envs")
     rep, states = replicated(mesh), state_shardings(state, mesh)
     return MeshProgram(mesh, jax.jit(functools.partial(agent.ppo_iteration, spec), in_shardings=(rep, rep, states),
+                                     out_shardings=(states, rep)))
+
+
+def sharded_learn(spec: agent.FinetuneSpec, mesh: Mesh, state: agent.FinetuneState) -> MeshProgram:
+    """``(models, state, rollout) -> (state, metrics)``: ``agent.learn`` on a rollout collected outside the program
+    (online fine-tuning's), with its envs and every PPO minibatch split over ``mesh``."""
+    _check_divisible(spec.n_envs, mesh, "the number of simulators (config.online.envs)")
+    rep, states = replicated(mesh), state_shardings(state, mesh)
+    return MeshProgram(mesh, jax.jit(functools.partial(agent.learn, spec), in_shardings=(rep, states,
+                                                                                      rollout_shardings(mesh)),
                                      out_shardings=(states, rep)))
 
 

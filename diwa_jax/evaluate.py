@@ -162,7 +162,7 @@ def sample_chunks(actor_pre: dict, actor_ft: dict, schedule: DDPMSchedule, laten
     return jax.vmap(one_episode)(latent, episode, chunk)
 
 
-class _Round:
+class ChunkFrames:
     """One round's inputs of ``filter_frames`` for E simulators and chunks of T steps, filled frame by frame."""
 
     def __init__(self, count: int, horizon: int, first: dict, filter_every_frame: bool):
@@ -197,7 +197,7 @@ def initial_latents(count: int, spec: model.WorldModelSpec) -> Latent:
 def first_latent(spec: EvalSpec, world_model: model.WorldModel, obs: dict, key: jax.Array, episode: int = 0) -> Latent:
     """Episode ``episode``'s first latent ``(1, ...)`` from its first observation ``obs`` (transformed), computed
     exactly as ``evaluate_policy`` with one simulator computes it."""
-    step = _Round(1, spec.act_steps, obs, spec.filter_every_frame)
+    step = ChunkFrames(1, spec.act_steps, obs, spec.filter_every_frame)
     step.reset_frame(0, obs)
     latent = step.filter(world_model, initial_latents(1, world_model.spec), key, np.array([episode]))
     return jax.tree.map(lambda x: x[0], latent)
@@ -237,7 +237,7 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
             break
         outcomes = envs.run(commands)
         first = next(o.observations[0] for o in outcomes if o is not None)
-        step = _Round(count, horizon, first, spec.filter_every_frame)
+        step = ChunkFrames(count, horizon, first, spec.filter_every_frame)
         for s, (command, outcome) in enumerate(zip(commands, outcomes)):
             if isinstance(command, Reset):
                 step.reset_frame(s, outcome.observations[0])

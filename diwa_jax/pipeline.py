@@ -32,7 +32,7 @@ from diwa_jax.atomic import write_json, write_text
 from diwa_jax.config import COSMETIC, ConfigError, sections, to_json
 from diwa_jax.logging import info
 from diwa_jax.errors import TrainingDiverged
-from diwa_jax.stages import collect, evaluate, featurize, finetune, policy, reward, world_model
+from diwa_jax.stages import collect, evaluate, featurize, finetune, online, policy, reward, world_model
 
 STARTED = "STARTED.json"
 DIVERGED = "DIVERGED.json"
@@ -47,6 +47,7 @@ class Stage:
     parents: tuple[str, ...]  # stages whose artifacts it reads (their fingerprints are part of its own)
     runner: Callable[..., dict]  # (config) -> summary
     retunable: tuple[str, ...] = ()  # keys that may change after a divergence (resume from the last finite state)
+    default: bool = True  # run without --stages (an optional stage runs only when named)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -72,8 +73,13 @@ STAGES: tuple[Stage, ...] = (
           retunable=("ppo.actor_lr", "ppo.critic_lr", "ppo.max_grad_norm")),
     Stage("evaluate", "closed-loop evaluation: pre-trained vs fine-tuned",
           ("tasks", "eval", "env"), ("finetune",), evaluate.evaluate_stage),
+    Stage("online", "the online DPPO baseline: fine-tuning in the simulator, every step counted",
+          ("online", "tasks", "seeds", "ppo", "eval.max_steps", "eval.deterministic", "eval.filter_every_frame",
+           "eval.start_source", "eval.start_seed", "eval.periodic_episodes", "env"), ("finetune",),
+          online.online, retunable=("ppo.actor_lr", "ppo.critic_lr", "ppo.max_grad_norm"), default=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+DEFAULT_STAGES = tuple(s for s in STAGES if s.default)  # what a run without --stages runs
 
 
 def _stage(name: str) -> Stage:
@@ -208,7 +214,7 @@ def mark_diverged(config, stage: Stage, error: Exception, last_finite_step: int 
 
 def select(names: Sequence[str] | None) -> tuple[Stage, ...]:
     if not names:
-        return STAGES
+        return DEFAULT_STAGES
     unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")

@@ -136,12 +136,17 @@ def make_env(config):
     return env_factory(config)()
 
 
-def evaluation_batch(config, world_model: model.WorldModel, stats):
-    """The evaluation's ``SimulatorBatch`` for ``world_model`` (observations normalised with the training split's
-    ``stats``): ``config.eval.envs`` simulators, in ``config.eval.workers`` worker processes (0: in this
-    process); ``close()`` closes them."""
+def simulator_batch(config, world_model: model.WorldModel, stats, count: int, workers: int):
+    """A ``SimulatorBatch`` of ``count`` simulators of ``config.env.backend`` in ``workers`` worker processes (0: in
+    this process), observations turned into ``world_model``'s inputs (normalised with the training split's
+    ``stats``); ``close()`` closes them."""
     from diwa_jax.envs.batch import SimulatorBatch
     transform = observation_transform(world_model, stats, config.data.image_size)
-    if config.eval.workers == 0:
-        return SimulatorBatch.local([make_env(config) for _ in range(config.eval.envs)], transform, owned=True)
-    return SimulatorBatch.spawn(env_factory(config), config.eval.envs, config.eval.workers, transform)
+    if workers == 0:
+        return SimulatorBatch.local([make_env(config) for _ in range(count)], transform, owned=True)
+    return SimulatorBatch.spawn(env_factory(config), count, workers, transform)
+
+
+def evaluation_batch(config, world_model: model.WorldModel, stats):
+    """The evaluation's ``simulator_batch``: ``config.eval.envs`` simulators in ``config.eval.workers`` processes."""
+    return simulator_batch(config, world_model, stats, config.eval.envs, config.eval.workers)

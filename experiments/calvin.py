@@ -181,6 +181,20 @@ def _paper() -> ml_collections.ConfigDict:
     # replicated): 1 = one device; 0 = every device of every process (TPU pods, multi-GPU; n_envs must divide)
     c.ppo.devices = 1
 
+    # ---- online DPPO, the baseline (stage `online`, run with --stages=online) ---------------------
+    # The same diffusion policy and PPO (config.ppo: losses, optimisers, ppo.n_steps chunk steps per
+    # iteration, ppo.episode_len simulator steps per episode), rollouts collected in online.envs simulators
+    # (in online.workers processes, 0: this one) seeing the frozen world model's filter, the oracle's
+    # success as the reward. Every simulator step is counted.
+    c.online = ml_collections.ConfigDict()
+    c.online.tasks = ()  # () = every task of config.tasks
+    c.online.init = "pretrained"  # pretrained (DPPO from the BC policy) | finetuned (DiWA's, then online)
+    c.online.envs = 50
+    c.online.workers = 8
+    c.online.iterations = 100  # simulator steps: at most iterations x envs x ppo.n_steps x policy.act_steps
+    c.online.eval_every = 10
+    c.online.ckpt_every = 10
+
     # ---- closed-loop evaluation (spec section 7) ----------------------------------------------
     c.eval = ml_collections.ConfigDict()
     c.eval.max_steps = 72
@@ -255,6 +269,10 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     c.eval.start_source = "simulator"
     c.eval.episodes = 100
     c.eval.periodic_episodes = 10
+    c.online.envs = 8
+    c.online.workers = 2
+    c.online.iterations = 100
+    c.online.eval_every = 10
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
@@ -318,6 +336,11 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.eval.periodic_episodes = 2
     c.eval.envs = 2
     c.eval.workers = 0
+    c.online.envs = 2
+    c.online.workers = 0
+    c.online.iterations = 3
+    c.online.eval_every = 2
+    c.online.ckpt_every = 1
     c.log.progress = False
 
 

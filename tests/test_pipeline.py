@@ -31,7 +31,8 @@ def test_marker_round_trip_and_config_change(tiny_config, tmp_path):
 def test_select_keeps_pipeline_order():
     names = [s.name for s in pipeline.select(["featurize", "collect"])]
     assert names == ["collect", "featurize"]
-    assert [s.name for s in pipeline.select([])] == list(pipeline.STAGE_NAMES)
+    assert [s.name for s in pipeline.select([])] == [s.name for s in pipeline.DEFAULT_STAGES]
+    assert "online" in pipeline.STAGE_NAMES and "online" not in [s.name for s in pipeline.DEFAULT_STAGES]
 
 
 def _with(tiny_config, tmp_path, **values):

@@ -24,7 +24,7 @@ from flax import struct
 
 from diwa_jax.finetune import ppo
 from diwa_jax.finetune.gae import gae
-from diwa_jax.finetune.imagine import (EnvState, FrozenModels, RolloutSpec, imagine_rollout, init_env_state,
+from diwa_jax.finetune.imagine import (EnvState, FrozenModels, Rollout, RolloutSpec, imagine_rollout, init_env_state,
                                        rollout_metrics)
 from diwa_jax.finetune.networks import critic_value, init_critic
 from diwa_jax.finetune.optim import actor_optimizer, critic_optimizer
@@ -45,7 +45,7 @@ class FinetuneState:
     actor_opt: optax.OptState
     critic_opt: optax.OptState
     reward_scaler: RewardScalerState
-    env: EnvState
+    env: EnvState | None  # the imagined envs (None when the rollouts come from a simulator)
     key: jax.Array
 
 
@@ -100,17 +100,25 @@ class PPOBatch:
     returns: jnp.ndarray  # (B,)
 
 
-@functools.partial(jax.jit, static_argnums=0)  # one compiled program instead of many eager ops
-def create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, start_pool: Latent) -> FinetuneState:
-    """Iteration 0: the fine-tuned actor a copy of ``actor_pre``, a random critic, fresh optimisers and reward
-    scaler, ``spec.n_envs`` episodes started from ``start_pool``."""
-    critic_key, env_key, key = jax.random.split(key, 3)
+@functools.partial(jax.jit, static_argnums=(0, 3))  # one compiled program instead of many eager ops
+def create_learner_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, feature_dim: int) -> FinetuneState:
+    """Iteration 0 without imagined envs (``env=None``): the fine-tuned actor a copy of ``actor_pre``, a random
+    critic over ``feature_dim`` latent features, fresh optimisers and a reward scaler for ``spec.n_envs`` envs."""
+    critic_key, _, key = jax.random.split(key, 3)  # the middle key starts the imagined envs
     actor = jax.tree.map(jnp.copy, actor_pre)
-    critic = init_critic(critic_key, start_pool.feature().shape[-1], spec.critic_dim)
+    critic = init_critic(critic_key, feature_dim, spec.critic_dim)
     actor_tx, critic_tx = spec.optimizers()
     return FinetuneState(step=jnp.zeros((), jnp.int32), actor=actor, critic=critic, actor_opt=actor_tx.init(actor),
                          critic_opt=critic_tx.init(critic), reward_scaler=init_reward_scaler(spec.n_envs),
-                         env=init_env_state(start_pool, spec.n_envs, env_key), key=key)
+                         env=None, key=key)
+
+
+def create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, start_pool: Latent) -> FinetuneState:
+    """Iteration 0 of imagined fine-tuning: ``create_learner_state`` and ``spec.n_envs`` episodes started from
+    ``start_pool``."""
+    state = create_learner_state(spec, key, actor_pre, start_pool.feature().shape[-1])
+    return state.replace(env=jax.jit(init_env_state, static_argnums=1)(start_pool, spec.n_envs,
+                                                                        jax.random.split(key, 3)[1]))
 
 
 def make_iteration(spec: FinetuneSpec, models: FrozenModels,
@@ -124,9 +132,18 @@ def make_iteration(spec: FinetuneSpec, models: FrozenModels,
 
 @functools.partial(jax.jit, static_argnums=0)
 def ppo_iteration(spec: FinetuneSpec, models: FrozenModels, start_pool: Latent,
-               state: FinetuneState) -> tuple[FinetuneState, dict]:
-    rollout_key, update_key, next_key = jax.random.split(state.key, 3)
+                  state: FinetuneState) -> tuple[FinetuneState, dict]:
+    rollout_key, _, _ = jax.random.split(state.key, 3)
     rollout, env = imagine_rollout(models, state.actor, state.env, start_pool, rollout_key, spec=spec.rollout)
+    return learn(spec, models, state.replace(env=env), rollout)
+
+
+def learn(spec: FinetuneSpec, models: FrozenModels, state: FinetuneState,
+          rollout: Rollout) -> tuple[FinetuneState, dict]:
+    """The PPO step of an iteration from its ``rollout`` (imagined, or collected in a simulator): value the
+    latents with the pre-update critic, scale rewards, GAE, ``ppo_update``; the state's key moves on and its
+    step counts one more iteration. The rollout was sampled with ``split(state.key, 3)[0]``."""
+    _, update_key, next_key = jax.random.split(state.key, 3)
     values = critic_value(state.critic, rollout.features)
     last_value = critic_value(state.critic, rollout.final_features)
     scaler, rewards = state.reward_scaler, rollout.rewards
@@ -137,7 +154,7 @@ def ppo_iteration(spec: FinetuneSpec, models: FrozenModels, start_pool: Latent,
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  (H, N, ...) -> (H*N, ...)
     batch = PPOBatch(features=flat(rollout.features), chains=flat(rollout.chains),
                      old_logprobs=flat(rollout.logprobs), advantages=flat(advantages), returns=flat(returns))
-    state = state.replace(reward_scaler=scaler, env=env, key=next_key)
+    state = state.replace(reward_scaler=scaler, key=next_key)
     state, update_metrics = ppo_update(spec, models, state, batch, update_key)
     metrics = {**rollout_metrics(rollout), **update_metrics, "reward_scale_std": jnp.sqrt(scaler.var + VAR_EPS)}
     return state.replace(step=state.step + 1), metrics

@@ -132,14 +132,20 @@ def execute_chunk(wm_params, spec: RolloutSpec, latent: Latent, chunk: jnp.ndarr
     return latent
 
 
+def sample_policy(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, feature: jnp.ndarray, key: jax.Array):
+    """Fine-tuning's stochastic chunk for ``feature (N, F)``: ``(chunk (N, Ta, A), chain, logprob)`` with the
+    fine-tuned part of the chain and its transitions' log-densities (PPO's old log-probs)."""
+    return sample_chain(
+        models.actor_pre, actor_ft, models.schedule, feature, key, chunk_shape=(spec.horizon, spec.action_dim),
+        ft_steps=spec.ft_steps, min_std=spec.min_sampling_std, randn_clip=spec.randn_clip,
+        denoised_clip=spec.denoised_clip, logprob_min_std=spec.min_logprob_std)
+
+
 def _chunk_step(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, start_pool: Latent, env: EnvState,
                 key: jax.Array):
     policy_key, wm_key, reset_key = jax.random.split(key, 3)
     feature = env.latent.feature()
-    chunk, chain, logprob = sample_chain(
-        models.actor_pre, actor_ft, models.schedule, feature, policy_key, chunk_shape=(spec.horizon, spec.action_dim),
-        ft_steps=spec.ft_steps, min_std=spec.min_sampling_std, randn_clip=spec.randn_clip,
-        denoised_clip=spec.denoised_clip, logprob_min_std=spec.min_logprob_std)
+    chunk, chain, logprob = sample_policy(models, actor_ft, spec, feature, policy_key)
     latent = execute_chunk(models.wm, spec, env.latent, chunk, wm_key)
     reward = reward_from_logits(classifier_logits(models.classifier, latent.feature()), spec.reward_mode)
     terminated = reward > SUCCESS_THRESHOLD[spec.reward_mode]

@@ -263,7 +263,7 @@ def evaluate_stage(config) -> dict:
 def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict:
     """The resolved config a finished run saved in ``<workdir>/config.json``. Keys that only say how work is
     spread (``config.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
-    run predates them, from its preset's defaults."""
+    run predates them, from its preset's defaults (as are whole sections it predates)."""
     from experiments.calvin import get_config
 
     path = os.path.join(workdir, "config.json")
@@ -273,6 +273,9 @@ def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict
         saved = json.load(f)
     saved.pop("derived", None)
     config, defaults = ml_collections.ConfigDict(saved), get_config(saved.get("preset", ""))
+    for section in defaults.keys():  # a section added after the run (e.g. online): no stage it finished reads it
+        if section not in config:
+            config[section] = defaults[section]
     for dotted in COSMETIC:
         section, name = dotted.split(".")
         value = execution.get(dotted)

@@ -161,6 +161,33 @@ def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: Finet
 
 # ---- one task -----------------------------------------------------------------------------------------
 
+class PeriodicEvaluation:
+    """``evaluate(actor) -> result``: the fine-tuned ``actor`` (steps t < K', ``actor_pre`` above) on the task's
+    periodic start list, in ``envs``; ``sim_steps`` counts the simulator steps of every call."""
+
+    def __init__(self, config, task: str, schedule, actor_pre: dict, world_model: WorldModel, envs):
+        self.spec, self.task, self.schedule, self.actor_pre = eval_spec(config), task, schedule, actor_pre
+        self.key, self.world_model, self.envs = stage_key(config, f"evaluate/{task}/periodic"), world_model, envs
+        self.starts, self.sim_steps = start_list(config, task, "periodic"), 0
+
+    def __call__(self, actor) -> dict:
+        result = evaluate_policy(self.spec, self.task, self.schedule, self.actor_pre, jax.device_get(actor),
+                                 key=self.key, envs=self.envs, world_model=self.world_model, starts=self.starts.states)
+        self.sim_steps += result["sim_steps"]
+        return result
+
+    def fill(self, entry: dict, done: int, every: int, last: int, actor, logger: MetricLogger,
+             prefix: str) -> dict | None:
+        """At iteration ``done`` of ``last``, evaluated every ``every``: evaluate ``actor``, put its success in the
+        curve ``entry`` and the log; the result (None where the iteration is not evaluated)."""
+        if done % every and done != last:
+            return None
+        result = self(actor)
+        entry.update(real_success=result["success_rate"], eval_episodes=result["episodes"])
+        logger.scalars(done, {"real_success_rate": result["success_rate"]}, prefix=prefix)
+        return result
+
+
 def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, stats, env, envs) -> dict:
     """Fine-tune ``task``'s policy under fine-tuning seed ``seed_index`` (resuming from its checkpoints);
     returns the run's summary. ``env`` renders the start pool, ``envs`` (a ``SimulatorBatch``) runs the
@@ -170,21 +197,12 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
     schedule, actor_pre = artifacts.load_policy(config, task)
     models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
-    eval_starts = start_list(config, task, "periodic")
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, seed_index, world_model, stats, counting)
     state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}/seed{seed_index}"),
                                   actor_pre, pool)
     iteration = make_mesh_iteration(config, models, pool, state)
-    eval_steps = 0
-
-    def evaluate(actor) -> dict:
-        nonlocal eval_steps
-        result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, jax.device_get(actor),
-                                 key=stage_key(config, f"evaluate/{task}/periodic"), envs=envs,
-                                 world_model=world_model, starts=eval_starts.states)
-        eval_steps += result["sim_steps"]
-        return result
+    evaluate = PeriodicEvaluation(config, task, schedule, actor_pre, world_model, envs)
 
     out = artifacts.finetune_dir(config, task, seed_index)
     with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
@@ -202,10 +220,9 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
         def on_log(done: int, state: FinetuneState, mean: dict) -> None:
             entry = {"iteration": done, "imagined_success": mean["success_rate"],
                      "imagined_episodes": int(mean["episodes"]), "real_success": None, "eval_episodes": 0}
-            if done % ppo.eval_every == 0 or done == ppo.iterations:
-                result = evaluate(state.actor)
-                entry.update(real_success=result["success_rate"], eval_episodes=result["episodes"])
-                logger.scalars(done, {"real_success_rate": result["success_rate"]}, prefix=f"finetune/{task}/seed{seed_index}/")
+            result = evaluate.fill(entry, done, ppo.eval_every, ppo.iterations, state.actor, logger,
+                                   f"finetune/{task}/seed{seed_index}/")
+            if result is not None:
                 info(f"[finetune] {task} seed {seed_index} iteration {done}: imagined success {mean['success_rate']:.3f}, "
                      f"real success {result['success_rate']:.3f} ({result['episodes']} episodes)")
             curve.append(entry)
@@ -227,8 +244,8 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
         "start_states": int(pool.deter.shape[0]),
         "finetune_sim_steps": counting.steps,  # fine-tuning's own simulator steps: zero by construction
         "start_frames_rendered": counting.resets,  # resets only (0 when the pool was reloaded or offline)
-        "eval_sim_steps": eval_steps,  # this session's periodic evaluations, counted apart
-        "periodic_starts": eval_starts.describe(),
+        "eval_sim_steps": evaluate.sim_steps,  # this session's periodic evaluations, counted apart
+        "periodic_starts": evaluate.starts.describe(),
         "sampler": sampler_record(config, config.policy.ft_denoising_steps),  # checked by every evaluation
         "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
         "wall_time_s": round(time.time() - started, 1),
