@@ -38,11 +38,13 @@ def main() -> None:
     parser.add_argument("--task", default="", help="default: the run's first task")
     parser.add_argument("--settings", default="8x2", help="ExW: E simulators over W worker processes (0: here)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per setting")
+    parser.add_argument("--backend", default="", help="run the simulators of this backend instead of the run's "
+                        "(throughput only: the policy then acts in a scene its models were not trained on)")
     args = parser.parse_args()
 
     for setting in args.settings.split(","):
         envs_count, workers = (int(x) for x in setting.split("x"))
-        config = _with_envs(args.workdir, envs_count, workers)
+        config = _with_envs(args.workdir, envs_count, workers, args.backend)
         task = args.task or config.tasks[0]
         world_model = artifacts.load_world_model(config)
         stats = artifacts.caches(config)["training"].stats
@@ -69,7 +71,7 @@ def main() -> None:
                     rollout_only.append(counts.sim_steps / (collected - began))
         finally:
             envs.close()
-        print(json.dumps({"setting": setting, "task": task, "iterations": args.iterations,
+        print(json.dumps({"setting": setting, "backend": config.env.backend, "task": task, "iterations": args.iterations,
                           "sim_steps_per_iteration": counts.sim_steps,
                           "steps_per_s": round(float(np.median(whole)), 1),
                           "rollout_steps_per_s": round(float(np.median(rollout_only)), 1),
@@ -77,15 +79,16 @@ def main() -> None:
                           "runs": [round(x, 1) for x in whole], "load": os.getloadavg()}), flush=True)
 
 
-def _with_envs(workdir: str, envs_count: int, workers: int):
+def _with_envs(workdir: str, envs_count: int, workers: int, backend: str):
     """The run's config with ``online.envs`` and ``online.workers`` set (``online.envs`` shapes online runs, so it is
-    not one of the execution keys ``workdir_config`` takes)."""
+    not one of the execution keys ``workdir_config`` takes), and ``env.backend`` where ``backend`` names one."""
     import ml_collections
 
     from diwa_jax.config import finalize
     base = workdir_config(workdir, **{"online.workers": workers}).to_dict()
     base.pop("derived")
     base["online"]["envs"] = envs_count
+    base["env"]["backend"] = backend or base["env"]["backend"]
     return finalize(ml_collections.ConfigDict(base), workdir)
 
 
