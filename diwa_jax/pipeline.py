@@ -262,7 +262,7 @@ def _check_simulator(config) -> None:
 
 
 def _check_devices(config, stages: tuple[Stage, ...]) -> None:
-    if "finetune" not in {s.name for s in stages} or is_complete(config, _stage("finetune")):
+    if not [s for s in stages if s.name in ("finetune", "online") and not is_complete(config, s)]:
         return
     import jax
     if config.ppo.devices > jax.device_count():

@@ -16,7 +16,7 @@ import pytest
 from diwa_jax import artifacts, pipeline, specs
 from diwa_jax import config as configlib
 from diwa_jax.checkpoint import Checkpointer
-from diwa_jax.envs.batch import Outcome, Reset, SimulatorBatch, Steps
+from diwa_jax.envs.batch import SimulatorBatch, Steps
 from diwa_jax.evaluate import observation_transform
 from diwa_jax.finetune import online as online_lib
 from diwa_jax.finetune.agent import create_learner_state, learn

@@ -48,8 +48,6 @@ class Collected:
 
     sim_steps: int = 0  # executed simulator steps
     resets: int = 0  # episodes started
-    successes: int = 0
-    episodes: int = 0  # episodes that ended (success or truncation)
 
 
 @functools.partial(jax.jit, static_argnames="spec")
@@ -111,8 +109,6 @@ def collect_rollout(spec: OnlineSpec, models: FrozenModels, world_model: WorldMo
         done = success | truncated
         reward = success.astype(np.float32)
         episode_return += reward
-        counts.successes += int(success.sum())
-        counts.episodes += int(done.sum())
         for name, value in (("features", feature), ("chains", chain), ("logprobs", logprob), ("rewards", reward),
                             ("terminated", success), ("truncated", truncated), ("firsts", first.copy()),
                             ("episode_returns", np.where(done, episode_return, 0.0).astype(np.float32))):
