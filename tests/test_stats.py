@@ -20,6 +20,24 @@ def test_wilson_interval_equals_the_hand_computation_and_published_values():
         stats.wilson_interval(11, 10)
 
 
+def test_wilson_interval_holds_its_point_exactly_at_0_and_n_successes():
+    """At 10/10 the formula's upper bound rounds to 0.9999999999999999: the point would lie outside its interval
+    (and the success-curve plot refused the negative error bar)."""
+    for n in range(1, 301):
+        assert stats.wilson_interval(0, n)[0] == 0.0 and stats.wilson_interval(n, n)[1] == 1.0
+        for k in range(n + 1):
+            lo, hi = stats.wilson_interval(k, n)
+            assert lo <= k / n <= hi
+
+
+def test_success_curves_plot_periodic_evaluations_at_0_and_100_percent(tmp_path):
+    from diwa_jax.stages.evaluate import plot_curves
+    entries = [{"iteration": i, "imagined_success": s, "real_success": r, "eval_episodes": 10}
+               for i, s, r in ((0, None, 0.0), (50, 0.5, 1.0), (100, 0.6, 0.3))]
+    plot_curves(str(tmp_path / "curves.png"), {"close_drawer": [entries]})
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_paired_interval_equals_newcombes_published_example():
     # Newcombe (1998), paired proportions, Table II: a=36 both, b=12, c=2, d=0 -> method 10: 0.0569 to 0.3404
     second = [1] * 36 + [1] * 12 + [0] * 2
