@@ -262,12 +262,8 @@ def _check_simulator(config) -> None:
 
 
 def _check_devices(config, stages: tuple[Stage, ...]) -> None:
-    if not [s for s in stages if s.name in ("finetune", "online") and not is_complete(config, s)]:
-        return
-    import jax
-    if config.ppo.devices > jax.device_count():
-        raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices "
-                          "(0 uses all of them)")
+    if [s for s in stages if s.name in ("finetune", "online") and not is_complete(config, s)]:
+        finetune.learner_mesh(config)  # refuses more devices than JAX sees
 
 
 def check_task_windows(config) -> None:

@@ -100,25 +100,31 @@ class PPOBatch:
     returns: jnp.ndarray  # (B,)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))  # one compiled program instead of many eager ops
-def create_learner_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, feature_dim: int) -> FinetuneState:
-    """Iteration 0 without imagined envs (``env=None``): the fine-tuned actor a copy of ``actor_pre``, a random
-    critic over ``feature_dim`` latent features, fresh optimisers and a reward scaler for ``spec.n_envs`` envs."""
-    critic_key, _, key = jax.random.split(key, 3)  # the middle key starts the imagined envs
+def _iteration_zero(spec: FinetuneSpec, critic_key: jax.Array, key: jax.Array, actor_pre: dict, feature_dim: int,
+                    env: EnvState | None) -> FinetuneState:
     actor = jax.tree.map(jnp.copy, actor_pre)
     critic = init_critic(critic_key, feature_dim, spec.critic_dim)
     actor_tx, critic_tx = spec.optimizers()
     return FinetuneState(step=jnp.zeros((), jnp.int32), actor=actor, critic=critic, actor_opt=actor_tx.init(actor),
                          critic_opt=critic_tx.init(critic), reward_scaler=init_reward_scaler(spec.n_envs),
-                         env=None, key=key)
+                         env=env, key=key)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compiled program instead of many eager ops
 def create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, start_pool: Latent) -> FinetuneState:
-    """Iteration 0 of imagined fine-tuning: ``create_learner_state`` and ``spec.n_envs`` episodes started from
-    ``start_pool``."""
-    state = create_learner_state(spec, key, actor_pre, start_pool.feature().shape[-1])
-    return state.replace(env=jax.jit(init_env_state, static_argnums=1)(start_pool, spec.n_envs,
-                                                                        jax.random.split(key, 3)[1]))
+    """Iteration 0: the fine-tuned actor a copy of ``actor_pre``, a random critic, fresh optimisers and reward
+    scaler, ``spec.n_envs`` episodes started from ``start_pool``."""
+    critic_key, env_key, key = jax.random.split(key, 3)
+    return _iteration_zero(spec, critic_key, key, actor_pre, start_pool.feature().shape[-1],
+                           init_env_state(start_pool, spec.n_envs, env_key))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def create_learner_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, feature_dim: int) -> FinetuneState:
+    """``create_finetune_state`` without imagined envs (``env=None``), for rollouts collected in a simulator:
+    the same actor, critic (over ``feature_dim`` latent features), optimisers and reward scaler from ``key``."""
+    critic_key, _, key = jax.random.split(key, 3)
+    return _iteration_zero(spec, critic_key, key, actor_pre, feature_dim, None)
 
 
 def make_iteration(spec: FinetuneSpec, models: FrozenModels,

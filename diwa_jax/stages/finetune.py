@@ -135,28 +135,37 @@ def load_or_build_start_pool(config, task: str, seed_index: int, world_model: Wo
 
 # ---- devices ------------------------------------------------------------------------------------------
 
-def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: FinetuneState):
-    """``iteration(state) -> (state, metrics)`` on ``config.ppo.devices`` devices: 1 is ``make_iteration``'s
-    single-device program; otherwise the envs and PPO minibatches are split over a ``data`` mesh (0: every
-    device of every process) and the frozen models replicated. A state not yet on the mesh (a fresh or a
-    restored one) is placed there first; host values are identical in every process (same seed, same files)."""
+def learner_mesh(config):
+    """The ``data`` mesh of ``config.ppo.devices`` devices (0: every device of every process); None for one device."""
     n = config.ppo.devices or jax.device_count()
     if n == 1:
-        return make_iteration(finetune_spec(config), models, pool)
+        return None
     if n > jax.device_count():
-        raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
-    mesh = distributed.make_mesh(jax.devices()[:n])
+        raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices "
+                          "(0 uses all of them)")
+    return distributed.make_mesh(jax.devices()[:n])
+
+
+def on_mesh(state: FinetuneState, shardings: FinetuneState) -> FinetuneState:
+    """``state`` placed with ``shardings`` unless it is already (a fresh or a restored state is not)."""
+    if jax.tree.leaves(state.actor)[0].sharding != jax.tree.leaves(shardings.actor)[0]:
+        return distributed.shard(state, shardings)
+    return state
+
+
+def make_mesh_iteration(config, models: FrozenModels, pool: Latent, state: FinetuneState):
+    """``iteration(state) -> (state, metrics)`` on ``learner_mesh(config)``: without one, ``make_iteration``'s
+    single-device program; otherwise the envs and PPO minibatches are split over the mesh and the frozen models
+    replicated. A state not yet on the mesh is placed there first; host values are identical in every process
+    (same seed, same files)."""
+    mesh = learner_mesh(config)
+    if mesh is None:
+        return make_iteration(finetune_spec(config), models, pool)
     program = distributed.sharded_iteration(finetune_spec(config), mesh, state)
     shardings = distributed.state_shardings(state, mesh)
     models, pool = distributed.shard((models, pool), distributed.replicated(mesh))
-    info(f"[finetune] {config.ppo.n_envs} envs split over {n} devices")
-
-    def iteration(state: FinetuneState):
-        if jax.tree.leaves(state.actor)[0].sharding != jax.tree.leaves(shardings.actor)[0]:
-            state = distributed.shard(state, shardings)
-        return program(models, pool, state)
-
-    return iteration
+    info(f"[finetune] {config.ppo.n_envs} envs split over {mesh.size} devices")
+    return lambda state: program(models, pool, on_mesh(state, shardings))
 
 
 # ---- one task -----------------------------------------------------------------------------------------

@@ -22,20 +22,19 @@ import dataclasses
 import os
 import time
 
-import jax
 import numpy as np
 
 from diwa_jax import artifacts, distributed
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.checkpoint import Checkpointer
-from diwa_jax.config import ConfigError, stage_key
+from diwa_jax.config import stage_key
 from diwa_jax.envs import tasks
 from diwa_jax.finetune.agent import create_learner_state
 from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.finetune.online import OnlineSpec, online_iteration
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import evaluation_batch, finetune_spec, sampler_record, simulator_batch
-from diwa_jax.stages.finetune import PeriodicEvaluation, simulator_start_states
+from diwa_jax.stages.finetune import PeriodicEvaluation, learner_mesh, on_mesh, simulator_start_states
 from diwa_jax.training import run_loop
 
 ONLINE_STREAM = 7003  # numpy stream (seed, task, ONLINE_STREAM, k, iteration) of the episodes' start states
@@ -60,26 +59,17 @@ def start_sampler(config, task: str, seed_index: int, iteration: int, starts: tu
 
 
 def mesh_update(config, spec: OnlineSpec, models: FrozenModels, state):
-    """``update(state, rollout)`` on ``config.ppo.devices`` devices: None (``online_iteration``'s one-device
-    ``agent.learn``) for 1; otherwise ``distributed.sharded_learn`` with the simulators' rollouts and every PPO
-    minibatch split over a ``data`` mesh and the frozen models replicated."""
-    n = config.ppo.devices or jax.device_count()
-    if n == 1:
+    """``update(state, rollout)`` on ``finetune.learner_mesh(config)``: None (``online_iteration``'s one-device
+    ``agent.learn``) without one; otherwise ``distributed.sharded_learn`` with the simulators' rollouts and every
+    PPO minibatch split over the mesh and the frozen models replicated."""
+    mesh = learner_mesh(config)
+    if mesh is None:
         return None
-    if n > jax.device_count():
-        raise ConfigError(f"config.ppo.devices={config.ppo.devices}: JAX sees only {jax.device_count()} devices")
-    mesh = distributed.make_mesh(jax.devices()[:n])
     program = distributed.sharded_learn(spec.finetune, mesh, state)
     shardings, rollouts = distributed.state_shardings(state, mesh), distributed.rollout_shardings(mesh)
     models = distributed.shard(models, distributed.replicated(mesh))
-    info(f"[online] the learner's batch split over {n} devices")
-
-    def update(state, rollout):
-        if jax.tree.leaves(state.actor)[0].sharding != jax.tree.leaves(shardings.actor)[0]:
-            state = distributed.shard(state, shardings)
-        return program(models, state, distributed.shard(rollout, rollouts))
-
-    return update
+    info(f"[online] the learner's batch split over {mesh.size} devices")
+    return lambda state, rollout: program(models, on_mesh(state, shardings), distributed.shard(rollout, rollouts))
 
 
 def online_task(config, task: str, seed_index: int, world_model, envs, eval_envs) -> dict:
@@ -184,12 +174,13 @@ def _plot(rows: dict, f) -> None:
     for ax, task in zip(axes[0], tasks_):
         for row in (r for r in rows.values() if r["task"] == task):
             steps, success = zip(*row["online_curve"])
-            ax.plot(steps, success, marker=".", label=f"online DPPO, seed {row['seed_index']}")
+            ax.plot(steps, success, marker=".",
+                    label=f"online DPPO, seed {row['seed_index']} ({row['eval_episodes']} episodes)")
             ax.scatter([0], [row["diwa_success"]], marker="*", s=120, zorder=3,
                        label=f"DiWA (0 steps), seed {row['seed_index']}")
         ax.set_title(task)
         ax.set_xlabel("simulator steps")
-        ax.set_ylabel(f"success, periodic list ({rows[next(iter(rows))]['eval_episodes']} episodes)")
+        ax.set_ylabel("success, periodic start list")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
