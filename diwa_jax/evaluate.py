@@ -14,8 +14,9 @@ each simulator holds one episode at a time and takes the next start as soon as i
 the simulators execute their chunks in parallel, then one jitted call (``closed_loop_step``) filters every
 simulator's new frames (a scan over the chunk's steps, frames past an episode's end masked) and samples every
 simulator's next chunk. Episode e draws its noise from ``episode_keys(key, e)`` (world model: ``fold_in`` of
-the frame index; sampler: of the chunk index) whichever simulator runs it, so its outcome does not depend
-on E, on the number of workers or on the order the episodes are scheduled in.
+the frame index; sampler: of the chunk index) whichever simulator runs it, and both calls compute each
+episode with the shapes of E = 1, so its numbers are bit-identical whatever E, the number of workers or the
+order the episodes are scheduled in.
 """
 from __future__ import annotations
 
@@ -129,10 +130,15 @@ def filter_frames(wm_params: dict, latent: Latent, frames: dict, actions: jax.Ar
     ``latent (E, 1, ...)``; ``frames {key: (E, T, ...)}`` the world model's inputs, ``actions (E, T, 7)`` the
     actions that led to them, ``valid``/``observed``/``reset`` ``(E, T)`` bool (frames past an episode's end
     are not valid and leave its latent alone; an unobserved frame is predicted by the prior), ``frame (E, T)``
-    the frames' step indices, ``episode (E,)`` each simulator's episode (its key: ``episode_keys``)."""
-    embed = model.encode(wm_params, spec, frames)  # every frame at once: the embedding needs no latent
+    the frames' step indices, ``episode (E,)`` each simulator's episode (its key: ``episode_keys``).
 
-    def one_episode(latent, embed, actions, valid, observed, reset, frame, episode):
+    A ``lax.map`` over the episodes, not a ``vmap``: every episode is computed with the shapes of E = 1, so
+    its latents are bit-identical whatever E is (XLA's batched kernels round differently), at no measured cost
+    at the sizes evaluation runs."""
+
+    def one_episode(inputs):
+        latent, frames, actions, valid, observed, reset, frame, episode = inputs
+        embed = model.encode(wm_params, spec, frames)  # the episode's frames at once: the embedding needs no latent
         obs_key, _ = episode_keys(key, episode)
 
         def one_frame(latent, inputs):
@@ -146,20 +152,22 @@ def filter_frames(wm_params: dict, latent: Latent, frames: dict, actions: jax.Ar
 
         return jax.lax.scan(one_frame, latent, (embed, actions, valid, observed, reset, frame))[0]
 
-    return jax.vmap(one_episode)(latent, embed, actions, valid, observed, reset, frame, episode)
+    return jax.lax.map(one_episode, (latent, frames, actions, valid, observed, reset, frame, episode))
 
 
 @functools.partial(jax.jit, static_argnames="settings")
 def sample_chunks(actor_pre: dict, actor_ft: dict, schedule: DDPMSchedule, latent: Latent, key: jax.Array,
                   episode: jax.Array, chunk: jax.Array, *, settings: SamplerSettings) -> jax.Array:
     """The policy's step of one round: each episode's next chunk ``(E, Ta, A)`` from its ``latent (E, 1, ...)``,
-    noise from ``fold_in(policy key of episode_keys, chunk)``, as ``sample_action_chunk`` draws it."""
+    noise from ``fold_in(policy key of episode_keys, chunk)``, as ``sample_action_chunk`` draws it; a ``lax.map``
+    over the episodes, as in ``filter_frames``, so each chunk is bit-identical whatever E is."""
 
-    def one_episode(latent, episode, chunk):
+    def one_episode(inputs):
+        latent, episode, chunk = inputs
         _, act_key = episode_keys(key, episode)
         return sample_action_chunk(actor_pre, actor_ft, schedule, latent.feature(), act_key, chunk, settings=settings)
 
-    return jax.vmap(one_episode)(latent, episode, chunk)
+    return jax.lax.map(one_episode, (latent, episode, chunk))
 
 
 class ChunkFrames:

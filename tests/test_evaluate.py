@@ -5,6 +5,7 @@ binarised, stop on oracle success or at max_steps, with and without filtering ev
 policy in the play-table gives the same episodes on one in-process simulator and on worker processes,
 deterministically, without recompiling; worker failures are reported."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from diwa_jax.envs.playtable.env import PlayTable
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.stages.start_lists import window_starts
 from diwa_jax.world_model import model
+from experiments.calvin import get_config
 
 
 @pytest.fixture
@@ -161,6 +163,45 @@ def test_batched_episodes_equal_the_one_episode_loop(tiny_config, tmp_path, filt
     for e in range(5):  # the same actions, so the same latents filtered from the same frames
         np.testing.assert_allclose(np.stack(executed[e]), np.stack(reference_env.actions[e]), atol=1e-5)
         assert set(np.stack(executed[e])[:, 6]) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("filter_every_frame", [True, False])
+def test_an_episodes_latents_and_chunks_are_bit_identical_whatever_the_batch(tmp_path, filter_every_frame):
+    # quick-sized models: XLA's batched kernels round differently from E = 1 at these widths
+    quick = configlib.finalize(get_config("quick"), str(tmp_path))
+    world_model, actor = _models(quick)
+    env, rng, count, horizon = PlayTable(static_size=96, gripper_size=64, seed=2), np.random.default_rng(0), 5, 4
+    starts = [env.reset() for _ in range(count)]
+    stats = compute_norm_stats(np.stack([o["robot_obs"] for o in starts]) + np.linspace(-0.1, 0.1, count)[:, None],
+                               np.stack([o["scene_obs"] for o in starts]), rot6d=True, source="test")
+    transform = evaluate.observation_transform(world_model, stats, 64)
+    actions = rng.uniform(-1, 1, (count, horizon, 7)).astype(np.float32)
+    frames = []
+    for e, start in enumerate(starts):
+        env.reset(start["robot_obs"], start["scene_obs"])
+        frames.append([transform(env.step(evaluate.executed_actions(a))[0]) for a in actions[e]])
+    env.close()
+    latent = jax.tree.map(lambda x: x + jnp.asarray(rng.normal(size=x.shape), x.dtype),
+                          evaluate.initial_latents(count, world_model.spec))
+    key, rows = jax.random.key(4), np.arange(count)
+
+    def filtered(episodes):
+        step = evaluate.ChunkFrames(len(episodes), horizon, frames[0][0], filter_every_frame)
+        for s, e in enumerate(episodes):
+            for i in range(horizon - (e == 3)):  # episode 3 ends a frame early: its last frame is masked
+                step.add(s, i, actions[e, i], frames[e][i], i + 1)
+        return step.filter(world_model, jax.tree.map(lambda x: x[np.asarray(episodes)], latent), key, np.asarray(episodes))
+
+    batched = filtered(list(rows))
+    chunks = evaluate.sample_chunks(actor, actor, specs.policy_schedule(quick), batched, key, rows.astype(np.int32),
+                                    np.full(count, 2, np.int32), settings=specs.eval_spec(quick).sampler)
+    for e in rows:
+        alone = filtered([e])
+        for both, one in zip(jax.tree.leaves(batched), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(np.asarray(both)[e], np.asarray(one)[0])
+        chunk = evaluate.sample_chunks(actor, actor, specs.policy_schedule(quick), alone, key, np.array([e], np.int32),
+                                       np.array([2], np.int32), settings=specs.eval_spec(quick).sampler)
+        np.testing.assert_array_equal(np.asarray(chunks)[e], np.asarray(chunk)[0])
 
 
 def test_random_policy_in_the_playtable_on_workers_equals_one_simulator(config):
