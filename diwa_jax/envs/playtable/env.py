@@ -56,22 +56,27 @@ class PlayTable:
     def __init__(self, static_size: int = 200, gripper_size: int = 84, renderer: str = "tiny", seed: int = 0, render: bool = True):
         if render and renderer not in RENDERERS:
             raise ValueError(f"PlayTable: unknown renderer {renderer!r}; choose one of {RENDERERS}")
+        self._rng = np.random.default_rng(seed)
         self._p = _Client()
         try:
-            self._p.setGravity(0, 0, -9.81)
-            self._p.setTimeStep(1.0 / PHYSICS_HZ)
-            # Sorted contact pairs: without it the solver order depends on the history before a reset,
-            # so the same reset state and actions could give (slightly) different trajectories.
-            self._p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
             # The cameras first: the EGL plugin only sees bodies created after it is loaded.
             self.cameras = Cameras(self._p, static_size, gripper_size, renderer) if render else None
-            self.robot = Panda(self._p)  # before the scene: it occludes the desk in both cameras
-            self.scene = Scene(self._p)
+            self.reset()
         except Exception:
             self._p.disconnect()
             raise
-        self._rng = np.random.default_rng(seed)
-        self.reset()
+
+    def _build_world(self) -> None:
+        """A fresh physics world. Every reset builds one: the solver's contact manifolds (their order and
+        warm-start impulses) otherwise carry over from the episodes run before, so the same reset state and
+        actions would give slightly different trajectories on simulators with different histories."""
+        p = self._p
+        p.resetSimulation()
+        p.setGravity(0, 0, -9.81)
+        p.setTimeStep(1.0 / PHYSICS_HZ)
+        p.setPhysicsEngineParameter(deterministicOverlappingPairs=1)  # sorted contact pairs within an episode
+        self.robot = Panda(p)  # before the scene: it occludes the desk in both cameras
+        self.scene = Scene(p)
 
     @property
     def target_pose(self) -> np.ndarray:
@@ -79,7 +84,9 @@ class PlayTable:
         return np.concatenate([self.robot.target_pos, self.robot.target_orn])
 
     def reset(self, robot_obs: np.ndarray | None = None, scene_obs: np.ndarray | None = None) -> P.Obs:
-        """Restore exactly this state. None: the neutral robot / a scene drawn from the env's seed."""
+        """Restore exactly this state in a fresh physics world. None: the neutral robot / a scene drawn from
+        the env's seed."""
+        self._build_world()
         self.robot.reset(P.NEUTRAL_ROBOT_OBS if robot_obs is None else robot_obs)
         self.scene.reset(sample_scene_obs(GEOMETRY, self._rng) if scene_obs is None else scene_obs)
         return self.get_obs()
