@@ -211,14 +211,16 @@ def load_reward(config, task: str) -> dict:
                     lambda k: init_classifier(k, reward_spec(config), config.derived.latent_dim))
 
 
-def load_finetuned_actor(config, task: str, seed_index: int, ft_steps: int | None = None) -> dict:
-    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished fine-tuning run of seed ``seed_index``.
+def load_finetuned_actor(config, task: str, seed_index: int, ft_steps: int | None = None,
+                         stage: str = "finetune") -> dict:
+    """The fine-tuned denoiser params (steps t < K') of ``task``'s finished run of seed ``seed_index`` of the
+    fine-tuning stage ``stage`` (``finetune``: DiWA in imagination; ``online``: DPPO in the simulator).
 
     The run's marker records the sampler it was trained for (K, K' and the sampling settings); sampling it
     under other settings (``config``'s, with ``ft_steps`` for K' when given) is refused: with another K' the
     fine-tuned tree would silently serve steps it was never trained on, or the pre-trained tree steps it was."""
-    unit = finetune_dir(config, task, seed_index)
-    trained = read_done(unit, f"fine-tuning of '{task}' (seed {seed_index})", "finetune").get("sampler")
+    unit = run_dir(config, stage, task, seed_index)
+    trained = read_done(unit, f"{stage} run of '{task}' (seed {seed_index})", stage).get("sampler")
     wanted = sampler_record(config, config.policy.ft_denoising_steps if ft_steps is None else ft_steps)
     differ = [k for k in wanted if trained is not None and trained.get(k) != wanted[k]]
     if trained is None or differ:
@@ -226,7 +228,7 @@ def load_finetuned_actor(config, task: str, seed_index: int, ft_steps: int | Non
                 ", ".join(f"{k}={trained.get(k)!r} (asked: {wanted[k]!r})" for k in differ))
         raise CheckpointError(f"{unit}: the fine-tuned policy was trained with {what}; evaluate it with the "
                               "settings it was trained with (or fine-tune again)")
-    return _restore(unit, "finetune", f"fine-tuning of '{task}'", "actor", _init_actor(config))
+    return _restore(unit, stage, f"{stage} run of '{task}'", "actor", _init_actor(config))
 
 
 def load_features(config, split: str) -> Features:

@@ -169,6 +169,17 @@ def test_online_stage_writes_curves_and_resumes_exactly(main_job, tmp_path, monk
     assert row["online_sim_steps"] == sim_steps[-1] and row["diwa_sim_steps"] == 0
     assert row["online_steps_to_match_diwa"] == stage.steps_to_match(curve, row["diwa_success"])
     assert (uninterrupted / "online" / "online_vs_diwa.png").stat().st_size > 0
+    results = json.loads((uninterrupted / "results.json").read_text())["tasks"][TASK]
+    final = row["final_list"]  # the evaluate stage's numbers for the policies it evaluated, on the same list
+    assert final["episodes"] == results["episodes"]
+    assert final["pretrained"]["rate"] == results["pretrained"]["rate"]
+    assert final["finetuned"]["rate"] == results["finetuned"][0]["rate"]
+    standalone = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(uninterrupted),
+                                 "--task", TASK, "--policy", "online"], capture_output=True, text=True, cwd=REPO)
+    assert standalone.returncode == 0, standalone.stderr
+    online_rate = json.loads(standalone.stdout.strip().splitlines()[-1])
+    assert online_rate["rate"] == final["online"]["rate"] and online_rate["episodes"] == final["episodes"]
+    assert final["online_minus_diwa"]["difference"] == pytest.approx(final["online"]["rate"] - final["finetuned"]["rate"])
     marker = json.loads((uninterrupted / "online" / pipeline.MARKER).read_text())
     assert marker["summary"]["sim_steps"] == sim_steps[-1]
 

@@ -39,19 +39,20 @@ from diwa_jax.specs import eval_spec, evaluation_batch, make_env
 from diwa_jax.stages.start_lists import LISTS, start_list
 from diwa_jax.videos import write_task_videos
 
-POLICIES = ("pretrained", "finetuned")
+POLICIES = ("pretrained", "finetuned", "online")  # online: the online stage's DPPO policy
 
 
 def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list_name: str = "final",
                     ft_steps: int | None = None, envs, world_model) -> dict:
-    """One stored policy of the workdir (``pretrained``, or ``finetuned`` of fine-tuning seed ``seed_index``)
-    on ``task``'s start list ``list_name``, with the evaluation key of that list. ``ft_steps`` (K') other than
-    the one the fine-tuned policy was trained with is refused (``artifacts.load_finetuned_actor``)."""
+    """One stored policy of the workdir (``pretrained``; ``finetuned`` of fine-tuning seed ``seed_index``; or
+    ``online``, that seed's online DPPO run) on ``task``'s start list ``list_name``, with the evaluation key of
+    that list, so every policy meets the same starts and noise. ``ft_steps`` (K') other than the one the policy
+    was fine-tuned with is refused (``artifacts.load_finetuned_actor``)."""
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r}: choose one of {', '.join(POLICIES)}")
     schedule, actor_pre = artifacts.load_policy(config, task)
-    actor_ft = (actor_pre if policy == "pretrained" else
-                artifacts.load_finetuned_actor(config, task, seed_index, ft_steps))
+    actor_ft = (actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(
+        config, task, seed_index, ft_steps, stage="online" if policy == "online" else "finetune"))
     starts = start_list(config, task, list_name)
     purpose = f"evaluate/{task}" if list_name == "final" else f"evaluate/{task}/{list_name}"
     result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, actor_ft, key=stage_key(config, purpose),

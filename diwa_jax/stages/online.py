@@ -13,8 +13,9 @@ starts; those simulator steps are counted apart from fine-tuning's own.
 Writes ``<workdir>/online/<task>/seed<k>/``: ``checkpoints/`` (the learner's ``FinetuneState``; a rerun resumes
 exactly), ``metrics.jsonl``, ``curve.json`` (per iteration: the simulator steps so far, the rollout's success,
 real success where evaluated) and ``done.json``; then ``online/online_vs_diwa.json`` and ``.png``: per task, DiWA's
-final success on the periodic list (zero simulator steps) and the simulator steps at which online fine-tuning
-first reached it (None: not within the budget).
+final success on the periodic list (zero simulator steps), the simulator steps at which online fine-tuning
+first reached it (None: not within the budget), and the pre-trained, DiWA and online policies on the final start
+list, as the evaluate stage measures them, with online minus DiWA's paired interval.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-from diwa_jax import artifacts, distributed
+from diwa_jax import artifacts, distributed, stats
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
@@ -34,6 +35,7 @@ from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.finetune.online import OnlineSpec, online_iteration
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import evaluation_batch, finetune_spec, sampler_record, simulator_batch
+from diwa_jax.stages.evaluate import POLICIES, evaluate_stored
 from diwa_jax.stages.finetune import PeriodicEvaluation, learner_mesh, on_mesh, simulator_start_states
 from diwa_jax.training import run_loop
 
@@ -143,21 +145,33 @@ def steps_to_match(curve: list[dict], target: float) -> int | None:
                 None)
 
 
-def compare_with_diwa(config) -> dict:
-    """Per task and seed: DiWA's final real success on the periodic list (zero simulator steps), online's, and the
-    simulator steps online needed to reach DiWA's; written to ``online/online_vs_diwa.json`` with the figure."""
+def compare_with_diwa(config, envs, world_model) -> dict:
+    """Per task and seed: DiWA's final real success on the periodic list (zero simulator steps), online's curve, the
+    simulator steps online needed to reach DiWA's; and the three policies (pre-trained, DiWA's fine-tuned, online's
+    last) on the task's final start list with the evaluation's key (``evaluate.evaluate_stored``, the table's
+    numbers), with Wilson intervals and online minus DiWA's paired interval. Written to
+    ``online/online_vs_diwa.json`` with the figure."""
     rows = {}
     for task in config.derived.online_tasks:
         for k in range(config.seeds):
             diwa = artifacts.read_curve(config, task, k)
             online = artifacts.read_curve(config, task, k, "online")
             target = diwa[-1]["real_success"]
+            final = {policy: evaluate_stored(config, task, policy, seed_index=k, envs=envs, world_model=world_model)
+                     for policy in POLICIES}
+            difference = stats.paired_difference(final["finetuned"]["episode_success"],
+                                                 final["online"]["episode_success"])
             rows[f"{task}/seed{k}"] = {
                 "task": task, "seed_index": k, "diwa_success": target, "diwa_sim_steps": 0,
                 "pretrained_success": diwa[0]["real_success"], "online_final_success": online[-1]["real_success"],
                 "online_sim_steps": online[-1]["sim_steps"], "online_steps_to_match_diwa": steps_to_match(online, target),
                 "eval_episodes": online[-1]["eval_episodes"],
-                "online_curve": [(e["sim_steps"], e["real_success"]) for e in online if e["real_success"] is not None]}
+                "online_curve": [(e["sim_steps"], e["real_success"]) for e in online if e["real_success"] is not None],
+                "final_list": {
+                    "start_list": final["online"]["start_list"], "episodes": final["online"]["episodes"],
+                    **{policy: {"rate": r["success_rate"], "interval": stats.wilson_interval(r["successes"], r["episodes"])}
+                       for policy, r in final.items()},
+                    "online_minus_diwa": {"difference": difference["difference"], "interval": difference["interval"]}}}
     path = os.path.join(artifacts.stage_dir(config, "online"), COMPARISON)
     write_json(path + ".json", {"init": config.online.init, "runs": rows})
     atomic_write(path + ".png", lambda f: _plot(rows, f))
@@ -178,9 +192,14 @@ def _plot(rows: dict, f) -> None:
                     label=f"online DPPO, seed {row['seed_index']} ({row['eval_episodes']} episodes)")
             ax.scatter([0], [row["diwa_success"]], marker="*", s=120, zorder=3,
                        label=f"DiWA (0 steps), seed {row['seed_index']}")
+            final = row["final_list"]
+            for x, policy, name in ((0, "finetuned", "DiWA"), (row["online_sim_steps"], "online", "online")):
+                rate, (low, high) = final[policy]["rate"], final[policy]["interval"]
+                ax.errorbar([x], [rate], yerr=[[rate - low], [high - rate]], fmt="s", capsize=3, zorder=4,
+                            label=f"{name}, final list ({final['episodes']} episodes, 95% CI)")
         ax.set_title(task)
         ax.set_xlabel("simulator steps")
-        ax.set_ylabel("success, periodic start list")
+        ax.set_ylabel("real success")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -191,24 +210,28 @@ def _plot(rows: dict, f) -> None:
 def online(config) -> dict:
     """Stage runner: online DPPO for every task of ``config.derived.online_tasks`` and seed, then the comparison."""
     world_model = artifacts.load_world_model(config)
-    stats = artifacts.caches(config)["training"].stats
+    norm_stats = artifacts.caches(config)["training"].stats
     summary, envs, eval_envs = {}, None, None
     try:
-        envs = simulator_batch(config, world_model, stats, config.online.envs, config.online.workers)
-        eval_envs = evaluation_batch(config, world_model, stats)
+        envs = simulator_batch(config, world_model, norm_stats, config.online.envs, config.online.workers)
+        eval_envs = evaluation_batch(config, world_model, norm_stats)
         for k in range(config.seeds):
             for task in config.derived.online_tasks:
                 s = summary[f"{task}/seed{k}"] = online_task(config, task, k, world_model, envs, eval_envs)
                 info(f"[online] {task} seed {k}: {s['iterations']} iterations, {s['sim_steps']} simulator steps in "
                      f"{s['wall_time_s']:.0f} s, real success (periodic list) {s['real_success_first']} -> "
                      f"{s['real_success_final']}")
+        rows = compare_with_diwa(config, eval_envs, world_model)
     finally:
         for batch in (envs, eval_envs):
             if batch is not None:
                 batch.close()
-    for key, row in compare_with_diwa(config).items():
+    for key, row in rows.items():
         summary[key]["online_steps_to_match_diwa"] = row["online_steps_to_match_diwa"]
+        final = row["final_list"]
         info(f"[online] {key}: DiWA {row['diwa_success']} at 0 steps; online reached it after "
-             f"{row['online_steps_to_match_diwa']} steps (budget {row['online_sim_steps']})")
+             f"{row['online_steps_to_match_diwa']} steps (budget {row['online_sim_steps']}); final list "
+             f"({final['episodes']} episodes): pre-trained {final['pretrained']['rate']:.3f}, DiWA "
+             f"{final['finetuned']['rate']:.3f}, online {final['online']['rate']:.3f}")
     summary["sim_steps"] = sum(s["sim_steps"] for s in summary.values())
     return summary
