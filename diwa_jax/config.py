@@ -198,8 +198,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
 
 # Keys that change what is logged, how often state is saved or how work is spread over processes, never
 # what a stage computes (a resumed run ends with the numbers of an uninterrupted one, whatever the
-# checkpoint interval; an evaluation episode's noise does not depend on the simulator it runs on, though
-# batching can change a few episodes' floating-point paths).
+# checkpoint interval; an evaluation episode's numbers do not depend on how many simulators run at once or
+# in how many processes).
 COSMETIC = ("collect.workers", "wm.log_every", "wm.image_every", "wm.ckpt_every", "policy.ckpt_every",
             "ppo.ckpt_every", "eval.envs", "eval.workers", "online.workers", "online.ckpt_every")
 

@@ -209,10 +209,10 @@ def _paper() -> ml_collections.ConfigDict:
     c.eval.deterministic = True
     c.eval.filter_every_frame = True  # 4-frame WM filtering per chunk (paper era)
     # Episodes run on eval.envs simulators in lockstep (each takes the next start when its episode ends),
-    # built in eval.workers processes (0: in this one). One simulator is the default because it is
-    # bit-repeatable; with more, a few episodes' outcomes differ from it (see the README's Evaluation).
-    c.eval.envs = 1
-    c.eval.workers = 0
+    # built in eval.workers processes (0: in this one); every episode's numbers are the same for any
+    # eval.envs and eval.workers (README, Evaluation), so these only set the speed.
+    c.eval.envs = 16
+    c.eval.workers = 2
 
     # ---- logging ------------------------------------------------------------------------------
     c.log = ml_collections.ConfigDict()

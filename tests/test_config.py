@@ -160,7 +160,7 @@ VIOLATIONS = {  # relation's key -> overrides of the quick preset that break it 
     "ppo.clip_base": {"ppo.clip_base": 0.1},  # clip: 0.01
     "ppo.logprob_min": {"ppo.logprob_min": 2.0},  # logprob_max: 2.0
     "eval.episodes": {"eval.episodes": 0},  # start_source: simulator
-    "eval.workers": {"eval.workers": 2},  # envs: 1
+    "eval.workers": {"eval.workers": 17},  # envs: 16
     "online.workers": {"online.workers": 9},  # envs: 8
     "online.tasks": {"online.tasks": ("open_drawer",), "tasks": ("close_drawer",)},
     "wm.openloop_context": {"wm.openloop_context": 951},  # + horizon 50 > seq_len 32 and segment_frames 1000
