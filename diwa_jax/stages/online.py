@@ -189,9 +189,9 @@ def _plot(rows: dict, f) -> None:
         for row in (r for r in rows.values() if r["task"] == task):
             steps, success = zip(*row["online_curve"])
             ax.plot(steps, success, marker=".",
-                    label=f"online DPPO, seed {row['seed_index']} ({row['eval_episodes']} episodes)")
+                    label=f"online DPPO, periodic list ({row['eval_episodes']} episodes), seed {row['seed_index']}")
             ax.scatter([0], [row["diwa_success"]], marker="*", s=120, zorder=3,
-                       label=f"DiWA (0 steps), seed {row['seed_index']}")
+                       label=f"DiWA (0 steps), periodic list, seed {row['seed_index']}")
             final = row["final_list"]
             for x, policy, name in ((0, "finetuned", "DiWA"), (row["online_sim_steps"], "online", "online")):
                 rate, (low, high) = final[policy]["rate"], final[policy]["interval"]
