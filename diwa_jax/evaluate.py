@@ -13,10 +13,10 @@ scene vs now) or after ``eval.max_steps`` simulator steps; the frame it ends on 
 each simulator holds one episode at a time and takes the next start as soon as its episode ends. Per round,
 the simulators execute their chunks in parallel, then one jitted call (``filter_frames``) filters every
 simulator's new frames (a scan over the chunk's steps, frames past an episode's end masked) and one
-(``sample_chunks``) samples every simulator's next chunk. Episode e draws its noise from ``episode_keys(key, e)`` (world model: ``fold_in`` of
-the frame index; sampler: of the chunk index) whichever simulator runs it, and both calls compute each
-episode with the shapes of E = 1, so its numbers are bit-identical whatever E, the number of workers or the
-order the episodes are scheduled in.
+(``sample_chunks``) samples every simulator's next chunk. Episode e draws its noise from
+``episode_keys(key, e)`` (world model: ``fold_in`` of the frame index; sampler: of the chunk index) whichever
+simulator runs it, and both calls compute each episode with the shapes of E = 1, so its numbers are
+bit-identical whatever E, the number of workers or the order the episodes are scheduled in.
 """
 from __future__ import annotations
 

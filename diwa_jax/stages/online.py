@@ -35,7 +35,7 @@ from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.finetune.online import OnlineSpec, online_iteration
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import evaluation_batch, finetune_spec, sampler_record, simulator_batch
-from diwa_jax.stages.evaluate import POLICIES, evaluate_stored
+from diwa_jax.stages.evaluate import evaluate_stored
 from diwa_jax.stages.finetune import PeriodicEvaluation, learner_mesh, on_mesh, simulator_start_states
 from diwa_jax.training import run_loop
 
@@ -153,12 +153,14 @@ def compare_with_diwa(config, envs, world_model) -> dict:
     ``online/online_vs_diwa.json`` with the figure."""
     rows = {}
     for task in config.derived.online_tasks:
+        pretrained = evaluate_stored(config, task, "pretrained", envs=envs, world_model=world_model)  # every seed's
         for k in range(config.seeds):
             diwa = artifacts.read_curve(config, task, k)
             online = artifacts.read_curve(config, task, k, "online")
             target = diwa[-1]["real_success"]
-            final = {policy: evaluate_stored(config, task, policy, seed_index=k, envs=envs, world_model=world_model)
-                     for policy in POLICIES}
+            final = {"pretrained": pretrained,
+                     **{policy: evaluate_stored(config, task, policy, seed_index=k, envs=envs, world_model=world_model)
+                        for policy in ("finetuned", "online")}}
             difference = stats.paired_difference(final["finetuned"]["episode_success"],
                                                  final["online"]["episode_success"])
             rows[f"{task}/seed{k}"] = {
