@@ -1,12 +1,12 @@
-"""The world model's convolutions as matrix products equal the plain flax layers: values and gradients."""
+"""The world model's reformulated convolutions equal the plain flax and XLA layers: values and gradients."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diwa_jax.world_model import networks
-from diwa_jax.world_model.conv_layers import conv2d_s2, conv_transpose2d_s2
+from diwa_jax.world_model import conv_layers, networks
+from diwa_jax.world_model.conv_layers import conv2d_s2, conv2d_valid, conv_transpose2d_s2
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -28,6 +28,26 @@ def _check_equal(plain: nn.Module, fast, x: jnp.ndarray) -> None:
     for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+# Kernel gradients summed over blocks of 1, 3 and all 6 images (the block size follows BLOCK_BYTES).
+@pytest.mark.parametrize("block_bytes", [1, 3 * (9 * 9 * 4 + 7 * 6 * 5) * 4, 1 << 30])
+def test_stride1_conv_equals_xla_conv(monkeypatch, block_bytes):
+    monkeypatch.setattr(conv_layers, "BLOCK_BYTES", block_bytes)
+    x = jax.random.normal(jax.random.key(0), (6, 9, 9, 4))
+    kernel = jax.random.normal(jax.random.key(1), (3, 4, 4, 5))
+    readout = jax.random.normal(jax.random.key(2), (6, 7, 6, 5))
+    plain = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",  # noqa: E731
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, k):
+        return jnp.sum(jnp.square(conv(x, k) - readout))
+
+    np.testing.assert_allclose(jax.jit(conv2d_valid)(x, kernel), jax.jit(plain)(x, kernel), **TOL)
+    got = jax.jit(jax.grad(lambda x, k: loss(conv2d_valid, x, k), argnums=(0, 1)))(x, kernel)
+    want = jax.jit(jax.grad(lambda x, k: loss(plain, x, k), argnums=(0, 1)))(x, kernel)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(w))))
 
 
 # The encoder's geometry (64 -> 31 -> 14 -> 6 -> 2, even and odd sizes) and a wider kernel.

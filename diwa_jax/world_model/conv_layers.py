@@ -1,19 +1,78 @@
-"""Stride-2 VALID convolutions as matrix products: XLA:CPU runs these (and their gradients) much faster than
-its convolutions at the world model's small channel counts.
+"""Stride-2 VALID convolutions as stride-1 convolutions, which XLA:CPU runs much faster (and whose
+gradients it runs much faster here) than its strided and transposed convolutions at the world model's small
+channel counts.
 
 ``conv2d_s2`` equals ``flax.linen.Conv(strides=2, padding="VALID")`` for even kernels and
 ``conv_transpose2d_s2`` equals ``flax.linen.ConvTranspose(strides=2, padding="VALID")`` (values and
 gradients, same kernel layout ``(k, k, in, out)``), with about the same multiply-adds:
 
 - conv: a stride-2 kernel of size 2m is a stride-1 kernel of size m over the space-to-depth image (2x2
-  pixel blocks as channels), so the output is one product of the m*m shifted block views with the kernel.
+  pixel blocks as channels).
 - transposed conv: each output phase (row and column parity) is a stride-1 conv of the input with
-  every other kernel row and column, so the four phases are one product of the input's m*m shifted
-  views with the phase kernels, interleaved afterwards (depth-to-space). Odd kernels get a zero row and
-  column so both phases have m = (k + 1) // 2 taps; a 1x1 input is just its product with the kernel.
+  every other kernel row and column, so the four phases are one stride-1 conv with the phase kernels as
+  output channels, interleaved afterwards (depth-to-space). Odd kernels get a zero row and column so both
+  phases have m = (k + 1) // 2 taps; a 1x1 input is just its product with the kernel.
+
+Both go through ``conv2d_valid``, whose kernel gradient on CPU is a sum over small blocks of images of one
+product per tap: a block's images and output gradients stay in cache, where XLA's own kernel-gradient
+convolution and one product over an im2col matrix both stream many times the input from memory. Other
+platforms use XLA's gradient.
 """
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+BLOCK_BYTES = 1 << 19  # images per kernel-gradient block: their input and output gradient fit about this
+
+
+def _conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMENSIONS)
+
+
+def _kernel_grad_xla(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: tuple) -> jnp.ndarray:
+    _, pullback = jax.vjp(lambda kernel: _conv(x, kernel), jnp.zeros(kernel_shape, x.dtype))
+    return pullback(dy)[0]
+
+
+def _kernel_grad_blocked(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: tuple) -> jnp.ndarray:
+    kh, kw, c, o = kernel_shape
+    n, out_h, out_w, _ = dy.shape
+    image_bytes = (x[0].size + dy[0].size) * x.dtype.itemsize
+    block = max(d for d in range(1, n + 1) if n % d == 0 and (d == 1 or d * image_bytes <= BLOCK_BYTES))
+
+    def add_block(grad, pair):
+        xb, dyb = pair
+        dy2 = dyb.reshape(-1, o)
+        taps = [[xb[:, v:v + out_h, u:u + out_w].reshape(-1, c).T @ dy2 for u in range(kw)] for v in range(kh)]
+        return grad + jnp.stack([jnp.stack(row) for row in taps]), None
+
+    blocks = (x.reshape(n // block, block, *x.shape[1:]), dy.reshape(n // block, block, *dy.shape[1:]))
+    return lax.scan(add_block, jnp.zeros(kernel_shape, x.dtype), blocks)[0]
+
+
+@jax.custom_vjp
+def conv2d_valid(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """(N, H, W, C) * kernel (kh, kw, C, O), stride 1, VALID -> (N, H - kh + 1, W - kw + 1, O)."""
+    return _conv(x, kernel)
+
+
+def _conv2d_valid_fwd(x, kernel):
+    return _conv(x, kernel), (x, kernel)
+
+
+def _conv2d_valid_bwd(residuals, dy):
+    x, kernel = residuals
+    _, pullback = jax.vjp(lambda inputs: _conv(inputs, kernel), x)
+    kernel_grad = lax.platform_dependent(
+        x, dy, cpu=functools.partial(_kernel_grad_blocked, kernel_shape=kernel.shape),
+        default=functools.partial(_kernel_grad_xla, kernel_shape=kernel.shape))
+    return pullback(dy)[0], kernel_grad
+
+
+conv2d_valid.defvjp(_conv2d_valid_fwd, _conv2d_valid_bwd)
 
 
 def _space_to_depth(x: jnp.ndarray) -> jnp.ndarray:
@@ -32,10 +91,8 @@ def conv2d_s2(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | None = No
     out_h, out_w = (x.shape[1] - k) // 2 + 1, (x.shape[2] - k) // 2 + 1
     # The pixels the VALID windows read: 2 * (out + m - 1) rows and columns.
     blocks = _space_to_depth(x[:, :2 * (out_h + m - 1), :2 * (out_w + m - 1)])
-    patches = jnp.concatenate([blocks[:, u:u + out_h, v:v + out_w] for u in range(m) for v in range(m)], axis=-1)
-    # kernel[2u + a, 2v + b, c] -> row (u, v, a, b, c) of the patch layout
-    weights = kernel.reshape(m, 2, m, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(m * m * 4 * c, o)
-    out = lax.dot_general(patches, weights, (((3,), (0,)), ((), ())))
+    # kernel[2u + a, 2v + b, c] -> tap (u, v), input channel (a, b, c) of the block image
+    out = conv2d_valid(blocks, kernel.reshape(m, 2, m, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(m, m, 4 * c, o))
     return out if bias is None else out + bias
 
 
@@ -54,10 +111,9 @@ def conv_transpose2d_s2(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray |
     if k % 2:  # a zero last row/column gives both phases m rows
         flipped = jnp.pad(flipped, ((0, 1), (0, 1), (0, 0), (0, 0)))
     # Output 2 p + r = sum over v < m of input row p + v - (m - 1) times flipped row 2 (m - 1 - v) + r.
-    weights = flipped.reshape(m, 2, m, 2, c, o)[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(m * m * c, 4 * o)
+    weights = flipped.reshape(m, 2, m, 2, c, o)[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(m, m, c, 4 * o)
     padded = jnp.pad(x, ((0, 0), (m - 1, m - 1), (m - 1, m - 1), (0, 0)))
     rows, cols = h + m - 1, w + m - 1  # per output phase
-    patches = jnp.concatenate([padded[:, v:v + rows, u:u + cols] for v in range(m) for u in range(m)], axis=-1)
-    phases = lax.dot_general(patches, weights, (((3,), (0,)), ((), ()))).reshape(n, rows, cols, 2, 2, o)
+    phases = conv2d_valid(padded, weights).reshape(n, rows, cols, 2, 2, o)
     out = phases.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * rows, 2 * cols, o)[:, :2 * (h - 1) + k, :2 * (w - 1) + k]
     return out if bias is None else out + bias
