@@ -53,6 +53,7 @@ SPLITS = ("training", "validation")
 CHECKPOINTS = "checkpoints"
 START_POOL = "start_pool.npz"
 CURVE = "curve.json"
+TRANSFER = "transfer.json"  # the transfer diagnostic of a fine-tuning run (diwa_jax/transfer.py)
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CURVES_PNG = "success_curves.png"
@@ -266,3 +267,16 @@ def read_curve(config, task: str, seed_index: int, stage: str = "finetune") -> l
 def write_curve(config, task: str, seed_index: int, entries: list[dict], stage: str = "finetune") -> None:
     write_json(os.path.join(run_dir(config, stage, task, seed_index), CURVE),
                {"task": task, "seed_index": seed_index, "entries": entries})
+
+
+def read_transfer(config, task: str, seed_index: int) -> dict:
+    """The fine-tuning run's transfer diagnostic points (``{}`` before the first)."""
+    path = os.path.join(finetune_dir(config, task, seed_index), TRANSFER)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_transfer(config, task: str, seed_index: int, points: dict) -> None:
+    write_json(os.path.join(finetune_dir(config, task, seed_index), TRANSFER), points)

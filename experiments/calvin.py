@@ -176,6 +176,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.ppo.binarize_gripper = False
     c.ppo.start_source = "simulator"  # simulator | dataset
     c.ppo.n_start_states = 200
+    # Transfer diagnostic (diwa_jax/transfer.py) on the first starts of the fine-tuning start pool's states, at
+    # iteration 0 and at the end: real vs imagined vs replayed success, evaluation steps counted apart; 0 = off
+    c.ppo.transfer_starts = 16
     c.ppo.ckpt_every = 100
     # devices the imagined envs and PPO minibatches are split over (a mesh with a `data` axis, parameters
     # replicated): 1 = one device; 0 = every device of every process (TPU pods, multi-GPU; n_envs must divide)
@@ -328,6 +331,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.ppo.update_epochs = 2
     c.ppo.batch_size = 64
     c.ppo.n_start_states = 4
+    c.ppo.transfer_starts = 2
     c.ppo.ckpt_every = 1
     c.ppo.critic_dim = 16
     c.eval.max_steps = 12

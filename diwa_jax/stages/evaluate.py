@@ -150,6 +150,52 @@ def plot_curves(path: str, curves: dict[str, list[list[dict]]]) -> None:
     os.replace(tmp, path)
 
 
+def transfer_over_seeds(points: list[dict]) -> dict | None:
+    """A task's transfer diagnostic (``diwa_jax/transfer.py``) at iteration 0 and at the end, over the seeds that
+    ran it: mean rates over seeds, the classifier's precision on imagined rollouts pooled (its true over its
+    claimed successes); None where no seed ran it."""
+    points = [p for p in points if "pretrained" in p and "finetuned" in p]
+    if not points:
+        return None
+    out = {"seeds": len(points), "starts": int(points[0]["pretrained"]["starts"])}
+    for point in ("pretrained", "finetuned"):
+        rows = [p[point] for p in points]
+        claimed = sum(r["imagined_successes"] for r in rows)
+        confirmed = sum(r["confirmed_successes"] for r in rows)
+        out[point] = {name: float(np.mean([r[name] for r in rows])) for name in
+                      ("imagined_success", "real_success", "replayed_success", "agreement",
+                       "first_chunk_rms_from_pretrained")}
+        out[point]["classifier_precision_imagined"] = confirmed / claimed if claimed else None
+    return out
+
+
+def transfer_table(tasks: dict) -> str:
+    """The transfer diagnostic per task (empty where fine-tuning did not run it)."""
+    rows = [(name, t["transfer"]) for name, t in tasks.items() if t.get("transfer")]
+    if not rows:
+        return ""
+    lines = ["Transfer diagnostic: the same starts (the first of each seed's fine-tuning start pool) run closed loop "
+             "in the simulator (real) and in the world model (imagined, judged by the classifier), and the imagined "
+             "actions replayed open loop in the simulator; evaluation sampler and noise for all three; rates in %, "
+             "means over seeds.", "",
+             "| task | starts x seeds | iteration 0: imagined / real | end: imagined / real / replayed | "
+             "end gap, points | classifier precision on imagined, 0 / end | first-chunk RMS from pre-trained |",
+             "|---|---|---|---|---|---|---|"]
+    gaps = []
+    for name, t in rows:
+        pre, end = t["pretrained"], t["finetuned"]
+        gap = end["imagined_success"] - end["real_success"]
+        gaps.append(gap)
+        precision = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        lines.append(f"| {name} | {t['starts']} x {t['seeds']} | {_percent(pre['imagined_success'])} / "
+                     f"{_percent(pre['real_success'])} | {_percent(end['imagined_success'])} / "
+                     f"{_percent(end['real_success'])} / {_percent(end['replayed_success'])} | {100 * gap:+.1f} | "
+                     f"{precision(pre['classifier_precision_imagined'])} / {precision(end['classifier_precision_imagined'])} "
+                     f"| {end['first_chunk_rms_from_pretrained']:.3f} |")
+    lines.append(f"| **mean** | | | | {100 * float(np.mean(gaps)):+.1f} | | |")
+    return "\n".join(lines)
+
+
 def _task_results(config, task: str, pre: dict, finetuned: list[dict]) -> dict:
     """One task's entry of results.json from its pre-trained and per-seed fine-tuned evaluations."""
     pre_rate = _rate(pre)
@@ -162,7 +208,8 @@ def _task_results(config, task: str, pre: dict, finetuned: list[dict]) -> dict:
                          "imagined_success": summary["imagined_success"],
                          "imagined_success_first": summary["imagined_success_first"],
                          "finetune_iterations": summary["iterations"], "finetune_wall_time_s": summary["wall_time_s"],
-                         "finetune_sim_steps": summary["finetune_sim_steps"]})
+                         "finetune_sim_steps": summary["finetune_sim_steps"],
+                         "transfer": summary.get("transfer", {})})
     imagined = [ft["imagined_success"] for ft in per_seed if ft["imagined_success"] is not None]
     return {
         "episodes": pre_rate["episodes"], "pretrained": pre_rate, "finetuned": per_seed,
@@ -171,6 +218,7 @@ def _task_results(config, task: str, pre: dict, finetuned: list[dict]) -> dict:
         "seeds_better": int(sum(ft["gain"] > 0 for ft in per_seed)),
         "imagined_success": stats.over_seeds(imagined) if imagined else {"mean": None},
         "finetune_sim_steps": int(sum(ft["finetune_sim_steps"] for ft in per_seed)),
+        "transfer": transfer_over_seeds([ft["transfer"] for ft in per_seed]),
         "eval_sim_steps": int(pre["sim_steps"] + sum(ft["sim_steps"] for ft in finetuned)),
     }
 
@@ -249,6 +297,8 @@ def evaluate_stage(config) -> dict:
         "wall_time_s": {**artifacts.stage_wall_times(config), "evaluate": round(time.time() - started, 1)},
     }
     table = results_table(results)
+    diagnostic = transfer_table(tasks)
+    table += f"\n\n{diagnostic}" if diagnostic else ""
     write_json(artifacts.workdir_file(config, artifacts.RESULTS_JSON), results)
     markdown = f"# DiWA results ({config.preset})\n\n{table}\n".encode()
     atomic_write(artifacts.workdir_file(config, artifacts.RESULTS_MD), lambda f: f.write(markdown))

@@ -49,6 +49,7 @@ from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record, scene_geometry
 from diwa_jax.stages.start_lists import sampled_starts, start_list, window_starts
 from diwa_jax.training import run_loop
+from diwa_jax.transfer import transfer_diagnostic
 from diwa_jax.types import Latent
 from diwa_jax.world_model.model import WorldModel
 
@@ -197,6 +198,27 @@ class PeriodicEvaluation:
         return result
 
 
+def transfer_point(config, task: str, seed_index: int, models: FrozenModels, actor: dict, iteration: int,
+                   world_model: WorldModel, envs) -> dict:
+    """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first
+    ``config.ppo.transfer_starts`` states of the seed's simulator start stream (the start pool's own states with
+    ``start_source='simulator'``)."""
+    robot, scene = simulator_start_states(config, task, config.ppo.n_start_states, seed_index)
+    n = config.ppo.transfer_starts
+    result = transfer_diagnostic(eval_spec(config), task, models.schedule, models.actor_pre, actor,
+                                 classifier=models.classifier, reward_mode=config.ppo.reward_mode,
+                                 world_model=world_model, starts=(robot[:n], scene[:n]), envs=envs,
+                                 key=stage_key(config, f"finetune/{task}/seed{seed_index}/transfer"))
+    return {"iteration": iteration, **result}
+
+
+def _transfer_line(point: dict) -> str:
+    precision = point["classifier_precision_imagined"]
+    return (f"imagined {point['imagined_success']:.2f}, real {point['real_success']:.2f}, replayed "
+            f"{point['replayed_success']:.2f} from the same {point['starts']} starts, classifier precision on "
+            f"imagined {'-' if precision is None else f'{precision:.2f}'}")
+
+
 def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, stats, env, envs) -> dict:
     """Fine-tune ``task``'s policy under fine-tuning seed ``seed_index`` (resuming from its checkpoints);
     returns the run's summary. ``env`` renders the start pool, ``envs`` (a ``SimulatorBatch``) runs the
@@ -214,6 +236,17 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
     evaluate = PeriodicEvaluation(config, task, schedule, actor_pre, world_model, envs)
 
     out = artifacts.finetune_dir(config, task, seed_index)
+    transfer = artifacts.read_transfer(config, task, seed_index)
+
+    def diagnose(point: str, actor, iteration: int) -> None:
+        if config.ppo.transfer_starts and transfer.get(point, {}).get("iteration") != iteration:
+            transfer[point] = transfer_point(config, task, seed_index, models, jax.device_get(actor), iteration,
+                                             world_model, envs)
+            artifacts.write_transfer(config, task, seed_index, transfer)
+            info(f"[finetune] {task} seed {seed_index} transfer at iteration {iteration}: "
+                 f"{_transfer_line(transfer[point])}")
+
+    diagnose("pretrained", actor_pre, 0)
     with MetricLogger(out, tensorboard=config.log.tensorboard) as logger, \
             Checkpointer(os.path.join(out, artifacts.CHECKPOINTS), config=config.to_dict()) as ck:
         resumed_from = ck.latest_step() or 0
@@ -240,6 +273,7 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
         state = run_loop(name=f"finetune/{task}/seed{seed_index}", state=state, update=lambda s, _: iteration(s),
                          batch_fn=lambda step: None, num_steps=ppo.iterations, checkpointer=ck, logger=logger,
                          log_every=1, ckpt_every=ppo.ckpt_every, on_log=on_log, show_progress=config.log.progress)
+    diagnose("finetuned", state.actor, int(state.step))
     final = curve[-1]
     summary = {
         "seed_index": seed_index,
@@ -254,6 +288,8 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
         "finetune_sim_steps": counting.steps,  # fine-tuning's own simulator steps: zero by construction
         "start_frames_rendered": counting.resets,  # resets only (0 when the pool was reloaded or offline)
         "eval_sim_steps": evaluate.sim_steps,  # this session's periodic evaluations, counted apart
+        "transfer": {point: {k: v for k, v in record.items() if not k.startswith("episode_")}
+                     for point, record in transfer.items()},
         "periodic_starts": evaluate.starts.describe(),
         "sampler": sampler_record(config, config.policy.ft_denoising_steps),  # checked by every evaluation
         "imagined_wm_steps": int(state.step) * config.derived.wm_steps_per_iteration,
