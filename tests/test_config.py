@@ -1,5 +1,6 @@
 """Config contract: presets load, values are validated with one-line errors naming the key,
 derived values follow overrides, and the final config is frozen."""
+import json
 import math
 import os
 
@@ -197,3 +198,17 @@ def test_every_rule_names_its_key_from_the_command_line(key):
         config = _from_command_line(f"--config.{key}={value}")
         assert repr(configlib._get(config, key)) == repr(value)  # nan, inf, -1 and 2**63 parse as themselves
         _assert_names(_error(config), key, value)
+
+
+def test_a_workdir_saved_before_a_key_existed_reads_with_the_presets_default(tmp_path):
+    from diwa_jax.pipeline import RESOLVED_CONFIG
+    from diwa_jax.stages.evaluate import workdir_config
+
+    saved = json.loads(configlib.to_json(configlib.finalize(get_config("tiny"), str(tmp_path))))
+    del saved["ppo"]["transfer_starts"], saved["online"]  # a key and a whole section the run predates
+    saved["ppo"]["alpha_bc"] = 0.2  # a value it chose
+    (tmp_path / RESOLVED_CONFIG).write_text(json.dumps(saved))
+    config = workdir_config(str(tmp_path), **{"eval.envs": 3})
+    assert config.ppo.transfer_starts == get_config("tiny").ppo.transfer_starts
+    assert config.online.envs == get_config("tiny").online.envs
+    assert config.ppo.alpha_bc == 0.2 and config.eval.envs == 3

@@ -152,6 +152,21 @@ def test_stored_policy_re_evaluated_standalone_gives_the_tables_numbers(full_run
         artifacts.load_finetuned_actor(tiny(workdir), TASK, 0, ft_steps=1)
 
 
+def test_the_transfer_diagnostic_is_tabulated_and_reproduced_standalone(full_run):
+    workdir, _ = full_run
+    points = read_json(workdir / "finetune" / TASK / "seed1" / "transfer.json")
+    assert set(points) == {"pretrained", "finetuned"} and points["finetuned"]["iteration"] == 3
+    assert "Transfer diagnostic" in (workdir / "results.md").read_text()
+    assert read_json(workdir / "results.json")["tasks"][TASK]["transfer"]["seeds"] == SEEDS
+    out = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(workdir), "--task", TASK,
+                          "--policy", "finetuned", "--seed_index", "1", "--transfer", "2"], capture_output=True,
+                         text=True, cwd=REPO, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for key, value in points["finetuned"].items():
+        assert got[key] == value, key
+
+
 def test_a_stored_start_list_made_under_other_values_is_refused(full_run, tmp_path):
     workdir, _ = full_run
     shutil.copytree(workdir / "starts", tmp_path / "starts")

@@ -34,8 +34,10 @@ from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.config import COSMETIC, finalize, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
+from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, make_env
+from diwa_jax.stages.finetune import transfer_point
 from diwa_jax.stages.start_lists import LISTS, start_list
 from diwa_jax.videos import write_task_videos
 
@@ -58,6 +60,22 @@ def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list
     result = evaluate_policy(eval_spec(config), task, schedule, actor_pre, actor_ft, key=stage_key(config, purpose),
                              envs=envs, world_model=world_model, starts=starts.states)
     return {**result, "start_list": starts.describe()}
+
+
+def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model) -> dict:
+    """The transfer diagnostic of one stored policy (``pretrained`` or fine-tuning seed ``seed_index``'s
+    ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it."""
+    if policy not in ("pretrained", "finetuned"):
+        raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the world model's classifier, so "
+                         "pretrained or finetuned")
+    if not 0 < starts <= config.ppo.n_start_states:
+        raise ValueError(f"--transfer {starts}: choose 1 .. config.ppo.n_start_states={config.ppo.n_start_states}")
+    schedule, actor_pre = artifacts.load_policy(config, task)
+    actor = actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
+    models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
+                          schedule=schedule)
+    iteration = 0 if policy == "pretrained" else artifacts.finetune_summary(config, task, seed_index)["iterations"]
+    return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts)
 
 
 def _rate(result: dict) -> dict:
@@ -314,7 +332,7 @@ def evaluate_stage(config) -> dict:
 def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict:
     """The resolved config a finished run saved in ``<workdir>/config.json``. Keys that only say how work is
     spread (``config.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
-    run predates them, from its preset's defaults (as are whole sections it predates)."""
+    run predates them, from its preset's defaults (as are the sections and keys it predates)."""
     from experiments.calvin import get_config
 
     path = os.path.join(workdir, "config.json")
@@ -324,9 +342,13 @@ def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict
         saved = json.load(f)
     saved.pop("derived", None)
     config, defaults = ml_collections.ConfigDict(saved), get_config(saved.get("preset", ""))
-    for section in defaults.keys():  # a section added after the run (e.g. online): no stage it finished reads it
+    for section in defaults.keys():  # sections and keys added after the run: no stage it finished read them
         if section not in config:
             config[section] = defaults[section]
+        elif isinstance(defaults[section], ml_collections.ConfigDict):
+            for name in defaults[section].keys():
+                if name not in config[section]:
+                    config[section][name] = defaults[section][name]
     for dotted in COSMETIC:
         section, name = dotted.split(".")
         value = execution.get(dotted)
@@ -347,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", choices=LISTS, default="final", help="which stored start list")
     parser.add_argument("--ft_denoising_steps", type=int, default=None,
                         help="K' to sample with (refused unless it is the one the policy was fine-tuned with)")
+    parser.add_argument("--transfer", type=int, default=0, metavar="N",
+                        help="instead of a start list: the transfer diagnostic (diwa_jax/transfer.py) of the policy on "
+                             "the first N states of the fine-tuning seed's start stream, as fine-tuning runs it")
     parser.add_argument("--envs", type=int, default=None, help="simulators in lockstep (default: the run's eval.envs)")
     parser.add_argument("--workers", type=int, default=None,
                         help="simulator processes, 0 = in this one (default: the run's eval.workers)")
@@ -358,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         world_model = artifacts.load_world_model(config)
         envs = evaluation_batch(config, world_model, artifacts.caches(config)["training"].stats)
         try:
+            if args.transfer:
+                print(json.dumps({"task": args.task, "policy": args.policy, "seed_index": args.seed_index,
+                                  **diagnose_stored(config, args.task, args.policy, args.seed_index, args.transfer,
+                                                    envs=envs, world_model=world_model)}))
+                return 0
             result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
                                      ft_steps=args.ft_denoising_steps, envs=envs, world_model=world_model)
         finally:

@@ -199,12 +199,12 @@ class PeriodicEvaluation:
 
 
 def transfer_point(config, task: str, seed_index: int, models: FrozenModels, actor: dict, iteration: int,
-                   world_model: WorldModel, envs) -> dict:
-    """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first
-    ``config.ppo.transfer_starts`` states of the seed's simulator start stream (the start pool's own states with
-    ``start_source='simulator'``)."""
+                   world_model: WorldModel, envs, starts: int | None = None) -> dict:
+    """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first ``starts``
+    (default ``config.ppo.transfer_starts``) states of the seed's simulator start stream (the start pool's own
+    states with ``start_source='simulator'``)."""
     robot, scene = simulator_start_states(config, task, config.ppo.n_start_states, seed_index)
-    n = config.ppo.transfer_starts
+    n = config.ppo.transfer_starts if starts is None else starts
     result = transfer_diagnostic(eval_spec(config), task, models.schedule, models.actor_pre, actor,
                                  classifier=models.classifier, reward_mode=config.ppo.reward_mode,
                                  world_model=world_model, starts=(robot[:n], scene[:n]), envs=envs,
