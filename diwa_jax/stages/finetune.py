@@ -24,8 +24,10 @@ fine-tuning's own (which must be, and are counted as, zero).
 
 Writes ``<workdir>/finetune/<task>/seed<k>/``: ``checkpoints/`` (the ``FinetuneState``), ``metrics.jsonl``,
 ``start_pool.npz``, ``curve.json`` (one entry per iteration: imagined success of the episodes that ended in
-that iteration's rollout, and real success where evaluated) and the run's completion marker
-(``artifacts.DONE``, its summary and the sampler settings the policy was trained for, written last).
+that iteration's rollout, and real success where evaluated), ``transfer.json`` (the transfer diagnostic of
+``diwa_jax/transfer.py`` at iteration 0 and at the end, when ``ppo.transfer_starts`` > 0) and the run's
+completion marker (``artifacts.DONE``, its summary and the sampler settings the policy was trained for,
+written last).
 """
 from __future__ import annotations
 
