@@ -47,7 +47,8 @@ def imagine_chunks(wm_params: dict, classifier: dict, latent: Latent, chunks: ja
         actions = executed_gripper(chunk[:act_steps])
 
         def prior_step(latent, i):
-            return model.img_step(wm_params, spec, latent, actions[i][None], jax.random.fold_in(obs_key, frame + i + 1)), None
+            frame_key = jax.random.fold_in(obs_key, frame + i + 1)
+            return model.img_step(wm_params, spec, latent, actions[i][None], frame_key), None
 
         return jax.lax.scan(prior_step, latent, jnp.arange(act_steps))[0]
 

@@ -17,7 +17,8 @@ LAYERS = (
     ("diwa_jax.envs", "diwa_jax.data"),
     ("diwa_jax.config",),  # rules and derived values (it knows the task list)
     ("diwa_jax.world_model", "diwa_jax.policy", "diwa_jax.reward"),  # models
-    ("diwa_jax.finetune", "diwa_jax.evaluate", "diwa_jax.transfer", "diwa_jax.videos", "diwa_jax.distributed"),  # fine-tuning, closed loop
+    # fine-tuning, the closed loop and what compares the two
+    ("diwa_jax.finetune", "diwa_jax.evaluate", "diwa_jax.transfer", "diwa_jax.videos", "diwa_jax.distributed"),
     ("diwa_jax.specs",),  # every library spec, built from the config
     ("diwa_jax.artifacts",),  # the workdir and typed loaders
     ("diwa_jax.stages", "diwa_jax.bench"),  # runners and the benchmark's entry point
