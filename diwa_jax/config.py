@@ -95,6 +95,8 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "wm.free_nats": _non_negative,
     "wm.image_weight": _non_negative,
     "wm.state_weight": _non_negative,
+    "wm.inverse_dynamics_weight": _non_negative,
+    "wm.inverse_dynamics_hidden": _positive,
     "wm.lr": _positive,
     "wm.adam_eps": _positive,
     "wm.weight_decay": _non_negative,

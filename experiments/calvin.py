@@ -73,6 +73,8 @@ def _paper() -> ml_collections.ConfigDict:
     c.wm.free_nats = 0.0  # off, as the paper
     c.wm.image_weight = 1.0
     c.wm.state_weight = 1.0
+    c.wm.inverse_dynamics_weight = 0.0  # a_{t-1} from the camera embeddings of t-1 and t; 0 = off (paper)
+    c.wm.inverse_dynamics_hidden = 400
     c.wm.lr = 3e-4
     c.wm.adam_eps = 1e-5
     c.wm.weight_decay = 0.05
@@ -241,6 +243,7 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     c.wm.hidden = 256
     c.wm.state_hidden = 128
     c.wm.state_embed = 128
+    c.wm.inverse_dynamics_hidden = 128
     c.wm.batch_size = 8
     c.wm.seq_len = 32
     c.wm.steps = 1_300
@@ -295,6 +298,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.wm.hidden = 32
     c.wm.state_hidden = 16
     c.wm.state_embed = 16
+    c.wm.inverse_dynamics_hidden = 16
     c.wm.batch_size = 4
     c.wm.seq_len = 8
     c.wm.steps = 20

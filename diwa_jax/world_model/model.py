@@ -18,7 +18,7 @@ import optax
 from flax import struct
 
 from diwa_jax.types import Latent
-from diwa_jax.world_model.networks import (CAMERAS, IMAGE_EMBED_MULT, VARIANTS, Decoder, Encoder,
+from diwa_jax.world_model.networks import (CAMERAS, IMAGE_EMBED_MULT, VARIANTS, Decoder, Encoder, StateMLP,
                                            normalize_image)
 from diwa_jax.world_model.rssm import (RSSMCell, balanced_kl_loss, categorical_entropy, sample_onehot)
 
@@ -44,6 +44,8 @@ class WorldModelSpec:
     free_nats: float = 0.0
     image_weight: float = 1.0
     state_weight: float = 1.0
+    inverse_dynamics_weight: float = 0.0
+    inverse_dynamics_hidden: int = 400
     lr: float = 3e-4
     adam_eps: float = 1e-5
     weight_decay: float = 0.05
@@ -60,6 +62,9 @@ class WorldModelSpec:
         if self.image_size != 64:
             raise ValueError(f"world model: image_size={self.image_size}, but the conv geometry (spec 2.1) "
                              "needs 64x64 images; resize the cameras to 64 (config.data.image_size)")
+        if self.inverse_dynamics_weight > 0 and not self.uses_images:
+            raise ValueError("config.wm.inverse_dynamics_weight > 0 needs camera images, but variant 'state' "
+                             "has none; set it to 0 or use variant 'vision' or 'hybrid'")
 
     @property
     def uses_images(self) -> bool:
@@ -75,8 +80,16 @@ class WorldModelSpec:
 
     @property
     def embed_dim(self) -> int:
-        image = IMAGE_EMBED_MULT * self.cnn_depth if self.uses_images else 0
-        return image + (self.state_embed if self.uses_state else self.proprio_dim)
+        return self.image_embed_dim + (self.state_embed if self.uses_state else self.proprio_dim)
+
+    @property
+    def image_embed_dim(self) -> int:
+        """The leading slice of the embedding that comes from the cameras."""
+        return IMAGE_EMBED_MULT * self.cnn_depth if self.uses_images else 0
+
+    @property
+    def uses_inverse_dynamics(self) -> bool:
+        return self.inverse_dynamics_weight > 0
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
@@ -114,6 +127,10 @@ def _decoder(spec: WorldModelSpec) -> Decoder:
     return Decoder(spec.variant, spec.cnn_depth, spec.state_hidden, spec.state_dim)
 
 
+def _inverse_dynamics(spec: WorldModelSpec) -> StateMLP:
+    return StateMLP(spec.inverse_dynamics_hidden, spec.action_dim)
+
+
 def _rssm_apply(params, spec: WorldModelSpec, method, *args):
     return _rssm(spec).apply({"params": params["rssm"]}, *args, method=method)
 
@@ -149,23 +166,27 @@ def initial_latent(batch_size: int, spec: WorldModelSpec) -> Latent:
 
 @functools.partial(jax.jit, static_argnums=1)  # one compiled program instead of hundreds of eager ops
 def init_params(key: jax.Array, spec: WorldModelSpec) -> dict:
-    """Parameters ``{"encoder", "rssm", "decoder"}``: Xavier-uniform kernels, zero biases, orthogonal GRU
-    recurrent kernels."""
+    """Parameters ``{"encoder", "rssm", "decoder"}`` (and ``"inverse_dynamics"`` where its weight is
+    positive): Xavier-uniform kernels, zero biases, orthogonal GRU recurrent kernels."""
     # Initializers draw from an RngBitGenerator key seeded by ``key``: every threefry call site (one per
     # parameter and per flax fold-in) costs ~1 s of XLA CPU compile time, the bit generator almost none.
     init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="unsafe_rbg")
-    enc_key, rssm_key, dec_key = jax.random.split(init_key, 3)
+    enc_key, rssm_key, dec_key, inv_key = jax.random.split(init_key, 4)
     dummy_obs = {
         **{camera: jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32) for camera in CAMERAS},
         "proprio": jnp.zeros((1, spec.proprio_dim), jnp.float32),
         "state": jnp.zeros((1, spec.state_dim), jnp.float32),
     }
-    return {
+    params = {
         "encoder": _encoder(spec).init(enc_key, dummy_obs)["params"],
         "rssm": _rssm(spec).init(rssm_key, initial_latent(1, spec), jnp.zeros((1, spec.action_dim)),
                                  jnp.zeros((1, spec.embed_dim)))["params"],
         "decoder": _decoder(spec).init(dec_key, jnp.zeros((1, spec.feature_dim)))["params"],
     }
+    if spec.uses_inverse_dynamics:
+        params["inverse_dynamics"] = _inverse_dynamics(spec).init(
+            inv_key, jnp.zeros((1, 2 * spec.image_embed_dim)))["params"]
+    return params
 
 
 def encode(params, spec: WorldModelSpec, obs: dict) -> jnp.ndarray:
@@ -213,7 +234,12 @@ def observe(params, spec: WorldModelSpec, obs_seq: dict, prev_actions: jnp.ndarr
     """Filter a sequence: obs (B, T, ...), prev_actions (B, T, A), resets (B, T) bool, init_latent (B, ...).
     All frames are encoded in one batch, then ``obs_step`` is scanned over T.
     Returns (posterior Latent (B, T, ...), prior logits (B, T, S, C), posterior logits (B, T, S, C))."""
-    embed = encode(params, spec, obs_seq)
+    return _filter(params, spec, encode(params, spec, obs_seq), prev_actions, resets, init_latent, key)
+
+
+def _filter(params, spec: WorldModelSpec, embed: jnp.ndarray, prev_actions: jnp.ndarray, resets: jnp.ndarray,
+            init_latent: Latent, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
+    """``observe`` from the sequence's embeddings (B, T, embed_dim)."""
     steps = embed.shape[1]
 
     def step(latent, inputs):
@@ -274,19 +300,42 @@ def _reconstruction_losses(recon: dict, target: dict, spec: WorldModelSpec) -> d
     return losses
 
 
+def inverse_dynamics_loss(params, spec: WorldModelSpec, embed: jnp.ndarray, prev_action: jnp.ndarray,
+                          reset: jnp.ndarray) -> jnp.ndarray:
+    """Mean over consecutive frame pairs of one episode of 0.5 * SSE of a_{t-1} predicted from the camera
+    embeddings of frames t-1 and t (embed (B, T, E), prev_action (B, T, A), reset (B, T)).
+
+    Only the cameras' part of the embedding is read: proprio, the state embedding and the deterministic
+    state all contain a_{t-1} by construction (pose deltas, the transition's input), so a head on them learns
+    nothing about the scene; on images the encoder must see what the action did."""
+    images = embed[..., :spec.image_embed_dim]
+    pairs = jnp.concatenate([images[:, :-1], images[:, 1:]], axis=-1)
+    predicted = _inverse_dynamics(spec).apply({"params": params["inverse_dynamics"]}, pairs.reshape(-1, pairs.shape[-1]))
+    target = prev_action[:, 1:].reshape(-1, spec.action_dim)
+    same_episode = 1.0 - jnp.asarray(reset[:, 1:], jnp.float32).reshape(-1)
+    per_pair = 0.5 * jnp.sum(jnp.square(predicted - target), axis=-1)
+    return jnp.sum(per_pair * same_episode) / jnp.maximum(jnp.sum(same_episode), 1.0)
+
+
 def loss_fn(params, spec: WorldModelSpec, batch: dict, init_latent: Latent, key: jax.Array) -> tuple[jnp.ndarray,
                                                                                         tuple[dict, Latent]]:
     """Negative ELBO with KL balancing (spec 2.2), averaged over B*T:
-    ``kl_weight * KL_balanced + image_weight * 0.5*SSE(both cameras) + state_weight * 0.5*SSE(state)``.
+    ``kl_weight * KL_balanced + image_weight * 0.5*SSE(both cameras) + state_weight * 0.5*SSE(state)``,
+    plus ``inverse_dynamics_weight * inverse_dynamics_loss`` where that weight is positive.
     Returns (loss, (metrics, last posterior Latent (B, ...)))."""
     _check_batch(batch, spec, "world_model.loss_fn")
-    post, prior_logits, post_logits = observe(params, spec, batch, batch["prev_action"], batch["reset"],
+    embed = encode(params, spec, batch)
+    post, prior_logits, post_logits = _filter(params, spec, embed, batch["prev_action"], batch["reset"],
                                               init_latent, key)
     recon = decode(params, spec, post.feature())
     metrics = {name: jnp.mean(value) for name, value in _reconstruction_losses(recon, batch, spec).items()}
     kl_loss, kl = balanced_kl_loss(post_logits, prior_logits, spec.kl_balance, spec.free_nats)
     loss = spec.kl_weight * kl_loss
     loss += spec.image_weight * metrics.get("image_loss", 0.0) + spec.state_weight * metrics.get("state_loss", 0.0)
+    if spec.uses_inverse_dynamics:
+        metrics["inverse_dynamics_loss"] = inverse_dynamics_loss(params, spec, embed, batch["prev_action"],
+                                                                 batch["reset"])
+        loss += spec.inverse_dynamics_weight * metrics["inverse_dynamics_loss"]
     metrics.update(loss=loss, kl=kl, kl_loss=kl_loss,
                    prior_entropy=jnp.mean(categorical_entropy(prior_logits)),
                    post_entropy=jnp.mean(categorical_entropy(post_logits)))
