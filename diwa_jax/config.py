@@ -146,6 +146,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
     "reward.n_train_windows": _positive,
+    "reward.other_task_windows": _non_negative,
     "reward.window_seed": _non_negative,
     "reward.eval_every": _positive,
     "ppo.n_envs": _positive,

@@ -123,3 +123,26 @@ def test_train_rewards_reports_the_saved_classifiers_precision_recall(dataset, m
     with open(os.path.join(config.derived.workdir, "reward", "open_drawer", "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
     assert sum("reward/open_drawer/val/recall" in line for line in logged) == 3  # every epoch (eval_every=1)
+
+
+def test_other_task_windows_join_the_training_set(dataset, monkeypatch, tmp_path):
+    """``reward.other_task_windows=n``: up to n annotated windows of each other task (none of the task's own)
+    join the task's windows, real and imagined, labelled by the task's oracle."""
+    root, caches, features, world_model = dataset
+    split = cf.CalvinSplit(os.path.join(root, "data", "training"))
+    others = stage.other_task_windows(split, caches["training"], "open_drawer", 1, seed=42)
+    own = {tuple(w) for w in split.task_windows("open_drawer")}
+    close = {tuple(w) for w in split.task_windows("close_drawer")}
+    assert len(others) == 1 and {tuple(w) for w in others} <= close and not own & {tuple(w) for w in others}
+    assert len(stage.other_task_windows(split, caches["training"], "open_drawer", 100, seed=42)) == len(close)
+
+    monkeypatch.setattr(stage, "load_features", lambda config, split: features[split])
+    monkeypatch.setattr(stage, "load_world_model", lambda config: world_model)
+    counts = {}
+    for n in (0, 2):
+        config = make_config(root, tmp_path / f"run{n}", **{"reward.epochs": 1, "reward.other_task_windows": n})
+        counts[n] = stage.train_rewards(config)["open_drawer"]
+    assert counts[2]["train_windows"] == counts[0]["train_windows"] + 2
+    # each added window is one real and one imagined episode: 2 * 2 more balanced episodes' samples
+    n_neg = make_config(root, tmp_path / "x").reward.negatives_per_episode
+    assert counts[0]["train_samples"] < counts[2]["train_samples"] <= counts[0]["train_samples"] + 4 * (n_neg + 16)

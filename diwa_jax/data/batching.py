@@ -135,6 +135,14 @@ def expert_windows(split: CalvinSplit, cache: Cache, task: str, n_windows: int, 
     return select_windows(windows, n_windows, seed)
 
 
+def other_task_windows(split: CalvinSplit, cache: Cache, task: str, n_per_task: int, seed: int) -> np.ndarray:
+    """``(W, 2)`` inclusive cache-row windows: up to ``n_per_task`` annotated windows of every other task the
+    split annotates (sorted by name), each task's drawn with ``seed``."""
+    others = sorted(set(split.annotations().tasks) - {task})
+    picked = [select_windows(task_windows(split, cache, other), n_per_task, seed) for other in others]
+    return np.concatenate(picked or [np.zeros((0, 2), np.int64)]).reshape(-1, 2)
+
+
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(n_samples / batch_size))
 

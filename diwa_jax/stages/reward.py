@@ -5,7 +5,10 @@ windows, and (``reward.use_imagined``) imagined latents: from each window's firs
 actions replayed open-loop through the world-model prior. Frame i of a window is positive when the
 oracle says the task is done between the window's first frame and frame i; the imagined latent after
 the window's j-th action takes the label of real frame j + 1. Each real and each imagined trajectory is
-an episode for the balancing (``negatives_per_episode`` negatives + all positives). Validation: the real
+an episode for the balancing (``negatives_per_episode`` negatives + all positives). With
+``reward.other_task_windows`` > 0, that many annotated windows of every other task join the task's own, real
+and imagined alike, labelled by the same oracle (almost all negatives): the classifier then sees latents of
+the robot doing something else, which is what a fine-tuned policy's failures look like. Validation: the real
 latents of every validation window of the task, unbalanced.
 
 Writes ``<workdir>/reward/<task>/``: ``checkpoints/``, ``metrics.jsonl`` and the task's completion marker
@@ -22,7 +25,7 @@ from diwa_jax import artifacts
 from diwa_jax.artifacts import load_features, load_world_model
 from diwa_jax.checkpoint import Checkpointer
 from diwa_jax.config import stage_key
-from diwa_jax.data.batching import epoch_batch_rows, expert_windows, steps_per_epoch, task_windows
+from diwa_jax.data.batching import epoch_batch_rows, expert_windows, other_task_windows, steps_per_epoch, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.data.preprocess import Cache
 from diwa_jax.envs import tasks
@@ -53,7 +56,7 @@ def imagined_features(params, start: Latent, actions: jax.Array, key: jax.Array,
 def training_set(config, task: str, windows: np.ndarray, cache: Cache, features: Features,
                  world_model: model.WorldModel | None, key: jax.Array) -> dict:
     """Balanced training features and labels of ``task`` plus counts: ``{"features", "labels", "n_real",
-    "n_imagined"}``. ``world_model`` is needed only with ``reward.use_imagined``."""
+    "n_imagined", "n_windows"}``. ``world_model`` is needed only with ``reward.use_imagined``."""
     cfg = config.reward
     labels = window_labels(cache.scene_obs, windows, task)
     episodes = [(features.feature(np.arange(start, end + 1)), lab) for (start, end), lab in zip(windows, labels)]
@@ -71,6 +74,7 @@ def training_set(config, task: str, windows: np.ndarray, cache: Cache, features:
         "labels": np.concatenate([lab[p] for (_, lab), p in zip(episodes, picks)]).astype(np.int32),
         "n_real": int(sum(len(p) for p in picks[:n_real])),
         "n_imagined": int(sum(len(p) for p in picks[n_real:])),
+        "n_windows": int(len(windows)),
     }
 
 
@@ -102,7 +106,8 @@ def train_task_reward(config, task: str, train: dict, val_features: np.ndarray, 
     metrics = {**validation_metrics(state.params, val_features, val_labels),
                "val_frames": int(len(val_labels)), "val_positives": int(val_labels.sum()),
                "train_samples": n, "train_positives": int(train["labels"].sum()),
-               "train_real": train["n_real"], "train_imagined": train["n_imagined"], "steps": int(state.step)}
+               "train_real": train["n_real"], "train_imagined": train["n_imagined"],
+               "train_windows": train["n_windows"], "steps": int(state.step)}
     artifacts.mark_done(out, metrics)
     return metrics
 
@@ -122,6 +127,10 @@ def train_rewards(config) -> dict:
     for task in config.tasks:
         windows = expert_windows(splits["training"], caches["training"], task, config.reward.n_train_windows,
                                  config.reward.window_seed)
+        if config.reward.other_task_windows:
+            windows = np.concatenate([windows, other_task_windows(
+                splits["training"], caches["training"], task, config.reward.other_task_windows,
+                config.reward.window_seed)])
         train = training_set(config, task, windows, caches["training"], features["training"], world_model,
                              stage_key(config, f"reward/{task}/imagine"))
         val_windows = task_windows(splits["validation"], caches["validation"], task)
