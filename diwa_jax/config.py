@@ -306,6 +306,14 @@ def sections(config, names: tuple[str, ...]) -> dict:
     return {n: _plain(_get(config, n)) for n in names}
 
 
+def preset_defaults(preset: str) -> ml_collections.ConfigDict:
+    """The experiment file's ``preset`` before any override: the values of keys a saved run predates (a
+    key is added with the default that keeps what came before it)."""
+    from experiments.calvin import get_config
+
+    return get_config(preset)
+
+
 def stage_key(config, purpose: str):
     """The typed PRNG key of one purpose (a stage, a task), derived from ``config.seed`` alone, so
     the same seed gives the same numbers whatever ran before."""

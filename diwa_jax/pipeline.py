@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 from diwa_jax.artifacts import STAGE_MARKER as MARKER
 from diwa_jax.artifacts import data_simulator, stage_dir
 from diwa_jax.atomic import write_json, write_text
-from diwa_jax.config import COSMETIC, ConfigError, sections, to_json
+from diwa_jax.config import COSMETIC, ConfigError, preset_defaults, sections, to_json
 from diwa_jax.logging import info
 from diwa_jax.errors import TrainingDiverged
 from diwa_jax.stages import collect, evaluate, featurize, finetune, online, policy, reward, world_model
@@ -133,11 +133,17 @@ def _recorded(config, stage: Stage) -> dict | None:
 
 
 def changed_keys(config, stage: Stage) -> list[str]:
-    """Keys whose values differ from those the stage's artifact was made under ([] if none or never started)."""
+    """Keys whose values differ from those the stage's artifact was made under ([] if none or never started).
+    A key added to diwa-jax after the artifact was made counts as unchanged while it keeps its preset's
+    default (the value that keeps the behaviour the artifact was made with)."""
     before = _recorded(config, stage)
     if before is None:
         return []
     now = fingerprint(config, stage)
+    if set(now) - set(before):
+        defaults = _flatten(json.loads(json.dumps(sections(preset_defaults(config.preset), tuple(
+            k.partition(".")[0] for k in set(now) - set(before))))))
+        before = {**{k: defaults.get(k, "<absent>") for k in set(now) - set(before)}, **before}
     return sorted(k for k in set(now) | set(before) if now.get(k, "<absent>") != before.get(k, "<absent>"))
 
 

@@ -130,6 +130,20 @@ def test_cosmetic_change_keeps_stages_complete(workdir):
     assert not pipeline.changed_keys(config, pipeline._stage("world_model"))
 
 
+def test_key_added_after_a_stage_keeps_it_complete_at_its_default(workdir):
+    """A stage made by a version without ``wm.inverse_dynamics_weight`` (its marker's fingerprint lacks the
+    key) stays complete while the key has the preset's default (off); a run that sets it is refused."""
+    for name in (pipeline.MARKER, pipeline.STARTED):
+        path = workdir / "world_model" / name
+        marker = json.loads(path.read_text())
+        assert marker["fingerprint"].pop("wm.inverse_dynamics_weight") == 0.0
+        path.write_text(json.dumps(marker))
+    stage = pipeline._stage("world_model")
+    assert pipeline.changed_keys(tiny(workdir), stage) == [] and pipeline.is_complete(tiny(workdir), stage)
+    assert pipeline.changed_keys(tiny(workdir, **{"wm.inverse_dynamics_weight": 1.0}), stage) == [
+        "wm.inverse_dynamics_weight"]
+
+
 def test_fingerprint_is_own_keys_plus_parents():
     config, stage = tiny("/tmp/unused"), pipeline._stage
     evaluate, reward = pipeline.fingerprint(config, stage("evaluate")), pipeline.fingerprint(config, stage("reward"))

@@ -31,7 +31,7 @@ import numpy as np
 
 from diwa_jax import artifacts, stats
 from diwa_jax.atomic import atomic_write, write_json
-from diwa_jax.config import COSMETIC, finalize, stage_key
+from diwa_jax.config import COSMETIC, finalize, preset_defaults, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
 from diwa_jax.finetune.imagine import FrozenModels
@@ -333,15 +333,13 @@ def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict
     """The resolved config a finished run saved in ``<workdir>/config.json``. Keys that only say how work is
     spread (``config.COSMETIC``) come from ``execution`` (dotted key -> value, None: keep) or, where the
     run predates them, from its preset's defaults (as are the sections and keys it predates)."""
-    from experiments.calvin import get_config
-
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no resolved config; is {workdir} the --workdir of a run?")
     with open(path) as f:
         saved = json.load(f)
     saved.pop("derived", None)
-    config, defaults = ml_collections.ConfigDict(saved), get_config(saved.get("preset", ""))
+    config, defaults = ml_collections.ConfigDict(saved), preset_defaults(saved.get("preset", ""))
     for section in defaults.keys():  # sections and keys added after the run: no stage it finished read them
         if section not in config:
             config[section] = defaults[section]
