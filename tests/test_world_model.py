@@ -315,15 +315,21 @@ def test_openloop_error_against_numpy():
 
 # ---- training -------------------------------------------------------------------------------------------------
 
-def test_train_step_jits_once_and_loss_decreases():
-    spec = dataclasses.replace(tiny_spec(), lr=2e-3)
+def train_on_moving_square(spec, steps: int, metric: str):
+    """(final state, the jitted step, ``metric`` per step) of ``steps`` steps on the moving square."""
     batch = moving_square_batch()
     state = wm.create_train_state(jax.random.key(0), spec, batch_size=4)
     train_step = wm.make_train_step(spec)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         state, metrics = train_step(state, batch)
-        losses.append(float(metrics["loss"]))
+        losses.append(float(metrics[metric]))
+    return state, train_step, losses
+
+
+def test_train_step_jits_once_and_loss_decreases():
+    spec = dataclasses.replace(tiny_spec(), lr=2e-3)
+    state, train_step, losses = train_on_moving_square(spec, 30, "loss")
     assert train_step._cache_size() == 1  # traced and compiled once
     assert int(state.step) == 30
     assert np.all(np.isfinite(losses)), losses
@@ -409,12 +415,7 @@ def test_inverse_dynamics_learns_the_moving_square():
     """On the moving square the action is visible in consecutive images; training takes the term well below
     the best constant prediction (0.5 * the actions' summed variance: 1.0, the gripper is constant)."""
     spec = dataclasses.replace(tiny_spec(), lr=2e-3, inverse_dynamics_weight=10.0)
-    batch = moving_square_batch()
-    state = wm.create_train_state(jax.random.key(0), spec, batch_size=4)
-    train_step = wm.make_train_step(spec)
-    losses = []
-    for _ in range(70):
-        state, metrics = train_step(state, batch)
-        losses.append(float(metrics["inverse_dynamics_loss"]))
-    constant_prediction = 0.5 * np.sum(np.var(batch["prev_action"][:, 1:].reshape(-1, 7), axis=0))
+    _, _, losses = train_on_moving_square(spec, 70, "inverse_dynamics_loss")
+    actions = moving_square_batch()["prev_action"][:, 1:].reshape(-1, 7)
+    constant_prediction = 0.5 * np.sum(np.var(actions, axis=0))
     assert np.mean(losses[-5:]) < 0.5 * constant_prediction, (losses, constant_prediction)
