@@ -244,6 +244,7 @@ def _quick(c: ml_collections.ConfigDict) -> None:
     c.wm.hidden = 256
     c.wm.state_hidden = 128
     c.wm.state_embed = 128
+    c.wm.inverse_dynamics_weight = 100.0  # latents that see what the actions did (README, Evaluation: levers)
     c.wm.inverse_dynamics_hidden = 128
     c.wm.batch_size = 8
     c.wm.seq_len = 32
