@@ -115,6 +115,7 @@ def experiment_config(bench, size: str, n_envs: int):
     config.ppo.n_steps, config.ppo.n_envs = bench.H, n_envs
     config.policy.denoising_steps, config.policy.ft_denoising_steps = bench.K, bench.ft_steps
     config.wm.variant = "state"  # imagination reads only the RSSM; no conv towers to initialise
+    config.wm.inverse_dynamics_weight = 0.0  # a camera term, as unused by imagination as the towers
     return config
 
 
