@@ -310,7 +310,8 @@ def inverse_dynamics_loss(params, spec: WorldModelSpec, embed: jnp.ndarray, prev
     nothing about the scene; on images the encoder must see what the action did."""
     images = embed[..., :spec.image_embed_dim]
     pairs = jnp.concatenate([images[:, :-1], images[:, 1:]], axis=-1)
-    predicted = _inverse_dynamics(spec).apply({"params": params["inverse_dynamics"]}, pairs.reshape(-1, pairs.shape[-1]))
+    predicted = _inverse_dynamics(spec).apply({"params": params["inverse_dynamics"]},
+                                              pairs.reshape(-1, pairs.shape[-1]))
     target = prev_action[:, 1:].reshape(-1, spec.action_dim)
     same_episode = 1.0 - jnp.asarray(reset[:, 1:], jnp.float32).reshape(-1)
     per_pair = 0.5 * jnp.sum(jnp.square(predicted - target), axis=-1)
