@@ -100,11 +100,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _flat_sections(config, names: tuple[str, ...]) -> dict:
+    """``{dotted key: JSON value}`` of some sections or keys of ``config``."""
+    return _flatten(json.loads(json.dumps(sections(config, names))))
+
+
 def fingerprint(config, stage: Stage) -> dict:
     """``{dotted key: value}``: the stage's own artifact-shaping keys and its parents' fingerprints."""
     if stage.name == "collect" and not config.derived.collect_data:
         return {}  # the data set comes from config.data.path, which the world model's fingerprint holds
-    own = _flatten(json.loads(json.dumps(sections(config, stage.depends_on))))
+    own = _flat_sections(config, stage.depends_on)
     out = {k: v for k, v in own.items() if k not in COSMETIC}
     for parent in stage.parents:
         out.update(fingerprint(config, _stage(parent)))
@@ -140,10 +145,10 @@ def changed_keys(config, stage: Stage) -> list[str]:
     if before is None:
         return []
     now = fingerprint(config, stage)
-    if set(now) - set(before):
-        defaults = _flatten(json.loads(json.dumps(sections(preset_defaults(config.preset), tuple(
-            k.partition(".")[0] for k in set(now) - set(before))))))
-        before = {**{k: defaults.get(k, "<absent>") for k in set(now) - set(before)}, **before}
+    added = set(now) - set(before)
+    if added:
+        defaults = _flat_sections(preset_defaults(config.preset), tuple({k.partition(".")[0] for k in added}))
+        before = {**{k: defaults.get(k, "<absent>") for k in added}, **before}
     return sorted(k for k in set(now) | set(before) if now.get(k, "<absent>") != before.get(k, "<absent>"))
 
 

@@ -380,7 +380,7 @@ def test_inverse_dynamics_loss_against_numpy():
             terms.append(0.5 * np.sum(np.square(predicted - batch["prev_action"][b, t])))
     assert len(terms) == 5
     np.testing.assert_allclose(metrics["inverse_dynamics_loss"], np.mean(terms), rtol=1e-4)
-    elbo, (elbo_metrics, _) = wm.loss_fn(tiny_params(), base, batch, init, jax.random.key(1))
+    _, (elbo_metrics, _) = wm.loss_fn(tiny_params(), base, batch, init, jax.random.key(1))
     assert "inverse_dynamics_loss" not in elbo_metrics
     want = 0.7 * metrics["kl_loss"] + metrics["image_loss"] + 0.3 * metrics["inverse_dynamics_loss"]
     np.testing.assert_allclose(loss, want, rtol=1e-5)
