@@ -65,7 +65,8 @@ def rollout_spec(config) -> RolloutSpec:
                        ft_steps=config.policy.ft_denoising_steps, episode_len=config.ppo.episode_len,
                        min_sampling_std=config.ppo.min_sampling_std, min_logprob_std=config.ppo.min_logprob_std,
                        randn_clip=config.ppo.randn_clip, denoised_clip=config.policy.denoised_clip,
-                       reward_mode=config.ppo.reward_mode, binarize_gripper=config.ppo.binarize_gripper)
+                       reward_mode=config.ppo.reward_mode, binarize_gripper=config.ppo.binarize_gripper,
+                       success_hold=config.ppo.success_hold)
 
 
 def finetune_spec(config) -> FinetuneSpec:

@@ -25,21 +25,21 @@ import numpy as np
 
 from diwa_jax.envs.batch import Reset, SimulatorBatch, Steps
 from diwa_jax.evaluate import EvalSpec, episode_keys, evaluate_policy, executed_actions, first_latent, sample_chunks
-from diwa_jax.finetune.imagine import SUCCESS_THRESHOLD, executed_gripper
+from diwa_jax.finetune.imagine import chunk_reward, executed_gripper
 from diwa_jax.policy.schedule import DDPMSchedule
-from diwa_jax.reward.classifier import classifier_logits, reward_from_logits
 from diwa_jax.types import Latent
 from diwa_jax.world_model import model
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "act_steps", "reward_mode"))
+@functools.partial(jax.jit, static_argnames=("spec", "act_steps", "reward_mode", "success_hold"))
 def imagine_chunks(wm_params: dict, classifier: dict, latent: Latent, chunks: jax.Array, key: jax.Array,
                    episode: jax.Array, frame: jax.Array, *, spec: model.WorldModelSpec, act_steps: int,
-                   reward_mode: str) -> tuple[Latent, jax.Array]:
+                   reward_mode: str, success_hold: int) -> tuple[Latent, jax.Array]:
     """Each episode's chunk ``chunks (E, Ta, A)``: its first ``act_steps`` actions (gripper binarised) through
     the prior from ``latent (E, 1, ...)``, frame keys as ``evaluate.predict_frame`` draws them (``fold_in`` of
     the episode's world-model key and the frame index after ``frame (E,)``); returns the latents after and
-    the classifier's success on them ``(E,)``. A ``lax.map`` over the episodes, as evaluation's calls."""
+    the classifier's success ``(E,)`` as fine-tuning's ``chunk_reward`` judges the chunk. A ``lax.map`` over
+    the episodes, as evaluation's calls."""
 
     def one_episode(inputs):
         latent, chunk, episode, frame = inputs
@@ -48,13 +48,13 @@ def imagine_chunks(wm_params: dict, classifier: dict, latent: Latent, chunks: ja
 
         def prior_step(latent, i):
             frame_key = jax.random.fold_in(obs_key, frame + i + 1)
-            return model.img_step(wm_params, spec, latent, actions[i][None], frame_key), None
+            latent = model.img_step(wm_params, spec, latent, actions[i][None], frame_key)
+            return latent, latent.feature()[0]
 
-        return jax.lax.scan(prior_step, latent, jnp.arange(act_steps))[0]
+        return jax.lax.scan(prior_step, latent, jnp.arange(act_steps))
 
-    latent = jax.lax.map(one_episode, (latent, chunks, episode, frame))
-    reward = reward_from_logits(classifier_logits(classifier, latent.feature()[:, 0]), reward_mode)
-    return latent, reward > SUCCESS_THRESHOLD[reward_mode]
+    latent, features = jax.lax.map(one_episode, (latent, chunks, episode, frame))  # features (E, act_steps, F)
+    return latent, chunk_reward(classifier, jnp.swapaxes(features, 0, 1), reward_mode, success_hold)[1]
 
 
 def _rounds(count: int, size: int):
@@ -78,7 +78,7 @@ def first_latents(spec: EvalSpec, world_model: model.WorldModel, envs: Simulator
 
 
 def imagine_episodes(spec: EvalSpec, world_model: model.WorldModel, classifier: dict, reward_mode: str,
-                     schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict, latent: Latent,
+                     success_hold: int, schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict, latent: Latent,
                      key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """Closed loop in imagination from ``latent (S, 1, ...)``: ``(success (S,) bool, actions (S, n, 7))``,
     the executed actions up to and including the chunk the classifier fired on (all chunks where it never
@@ -96,7 +96,7 @@ def imagine_episodes(spec: EvalSpec, world_model: model.WorldModel, classifier: 
         actions[running, span] = executed_actions(np.asarray(chunks)[running, :spec.act_steps])
         latent, fired = imagine_chunks(world_model.params, classifier, latent, chunks, key, episode,
                                        chunk_index * spec.act_steps, spec=world_model.spec, act_steps=spec.act_steps,
-                                       reward_mode=reward_mode)
+                                       reward_mode=reward_mode, success_hold=success_hold)
         success |= running & np.asarray(fired)
     return success, actions[:, :spec.max_steps]
 
@@ -124,15 +124,15 @@ def first_chunk_distance(spec: EvalSpec, schedule: DDPMSchedule, actor_pre: dict
 
 
 def transfer_diagnostic(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict, *,
-                        classifier: dict, reward_mode: str, world_model: model.WorldModel, starts: tuple,
-                        envs: SimulatorBatch, key: jax.Array) -> dict:
+                        classifier: dict, reward_mode: str, success_hold: int, world_model: model.WorldModel,
+                        starts: tuple, envs: SimulatorBatch, key: jax.Array) -> dict:
     """Real, imagined and replayed success of one policy from ``starts = (robot_obs (S, 15), scene_obs (S, 24))``
     (module docstring). ``sim_steps`` counts every simulator step it took."""
     real = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, key=key, world_model=world_model,
                            starts=starts, envs=envs)
     latent = first_latents(spec, world_model, envs, starts, key)
-    imagined, actions = imagine_episodes(spec, world_model, classifier, reward_mode, schedule, actor_pre, actor_ft,
-                                         latent, key)
+    imagined, actions = imagine_episodes(spec, world_model, classifier, reward_mode, success_hold, schedule,
+                                         actor_pre, actor_ft, latent, key)
     replayed, replay_steps = replay(envs, task, starts, actions)
     real_success = np.array(real["episode_success"], bool)
     positives = int(imagined.sum())

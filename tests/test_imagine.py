@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diwa_jax import specs
-from diwa_jax.finetune.imagine import (FrozenModels, RolloutSpec, imagine_rollout, init_env_state,
+from diwa_jax.finetune.imagine import (FrozenModels, RolloutSpec, chunk_reward, imagine_rollout, init_env_state,
                                        rollout_metrics)
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.policy.sampling import chain_logprob, sample_chain
@@ -103,15 +103,16 @@ def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
         if spec.binarize_gripper:
             actions[..., 6] = np.where(actions[..., 6] >= 0, 1.0, -1.0)
         state = Latent(deter=jnp.asarray(latent.deter), stoch=jnp.asarray(latent.stoch))
+        step_rewards = []  # the classifier's reward after each world-model step of the chunk
         for i, wm_step_key in enumerate(jax.random.split(wm_key, spec.act_steps)):
             state = img_step_jit(models.wm, spec.wm, state, jnp.asarray(actions[:, i]), wm_step_key)
-        logits = np.asarray(logits_jit(models.classifier, state.feature()), np.float64)
-        if spec.reward_mode == "binary":
-            reward = (logits[:, 1] > logits[:, 0]).astype(np.float32)
-            terminated = reward > 0
-        else:
-            reward = (1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))).astype(np.float32)
-            terminated = reward > 0.5
+            logits = np.asarray(logits_jit(models.classifier, state.feature()), np.float64)
+            if spec.reward_mode == "binary":
+                step_rewards.append((logits[:, 1] > logits[:, 0]).astype(np.float32))
+            else:
+                step_rewards.append((1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))).astype(np.float32))
+        reward = np.min(step_rewards[spec.act_steps - spec.success_hold:], axis=0)  # held over the last steps
+        terminated = reward > (0 if spec.reward_mode == "binary" else 0.5)
         out["features"].append(feature)
         out["chains"].append(np.asarray(chain))
         out["logprobs"].append(np.asarray(logprob))
@@ -134,8 +135,9 @@ def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
     return {name: np.stack(values) for name, values in out.items()}, final, (latent, wm_steps, first, ep_return)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(reward_mode="probability", binarize_gripper=True)],
-                         ids=["binary", "probability-binarized"])
+@pytest.mark.parametrize("options", [dict(), dict(reward_mode="probability", binarize_gripper=True),
+                                     dict(success_hold=3), dict(reward_mode="probability", success_hold=2)],
+                         ids=["binary", "probability-binarized", "binary-hold3", "probability-hold2"])
 def test_scan_equals_unrolled_reference(options):
     models, actor_ft, pool = tiny_models()
     spec = specs.rollout_spec(tiny_config(**options))
@@ -160,6 +162,26 @@ def test_scan_equals_unrolled_reference(options):
     # the case is not degenerate: successes, failures, truncations and resets all happen
     assert 0 < np.sum(expected["terminated"]) < expected["terminated"].size
     assert np.any(expected["truncated"]) and np.any(expected["firsts"][1:])
+
+
+def test_held_success_needs_the_classifier_on_each_of_the_chunks_last_steps():
+    models, _, _ = tiny_models()
+    spec = specs.world_model_spec(tiny_config())
+    rng = np.random.default_rng(3)  # 4 world-model steps x 64 envs of latent-like features
+    features = np.concatenate([np.tanh(rng.normal(size=(4, 64, spec.deter))),
+                               np.eye(spec.classes)[rng.integers(0, spec.classes, (4, 64, spec.stoch))]
+                               .reshape(4, 64, -1)], -1).astype(np.float32)
+    logits = np.asarray(classifier_logits(models.classifier, jnp.asarray(features)))
+    fires = logits[..., 1] > logits[..., 0]  # (4, 64)
+    outcomes = []
+    for hold in (1, 2, 4):
+        reward, terminated = chunk_reward(models.classifier, jnp.asarray(features), "binary", hold)
+        np.testing.assert_array_equal(np.asarray(terminated), fires[4 - hold:].all(0))
+        np.testing.assert_array_equal(np.asarray(reward), fires[4 - hold:].all(0).astype(np.float32))
+        outcomes.append(np.asarray(terminated))
+    assert outcomes[0].sum() > outcomes[1].sum() > outcomes[2].sum()  # each extra step rejects some firings
+    probability, _ = chunk_reward(models.classifier, jnp.asarray(features), "probability", 2)
+    np.testing.assert_allclose(np.asarray(probability), jax.nn.softmax(logits, -1)[..., 1][2:].min(0), rtol=1e-6)
 
 
 def test_no_host_transfer_inside_the_compiled_rollout():

@@ -36,7 +36,7 @@ def test_real_imagined_and_replayed_success_from_the_same_starts(tiny_config, tm
     envs = [DrawerEnv(), DrawerEnv()]
     batch = SimulatorBatch.local(envs, evaluate.observation_transform(world_model, stats, config.data.image_size))
     classifier = _classifier(config, world_model.spec.feature_dim, fires)
-    common = dict(classifier=classifier, reward_mode="binary", world_model=world_model, starts=(robot, scene),
+    common = dict(classifier=classifier, reward_mode="binary", success_hold=1, world_model=world_model, starts=(robot, scene),
                   envs=batch, key=jax.random.key(3))
     result = transfer.transfer_diagnostic(spec, "open_drawer", specs.policy_schedule(config), actor, actor, **common)
 

@@ -2,9 +2,9 @@
 
 N envs step in parallel along a leading axis. One chunk step: sample a denoising chain with the current
 policy (frozen pre-trained params for steps t >= K', fine-tuned params below), run the chunk's first
-``act_steps`` actions through the world-model prior, score the post-chunk latent with the reward classifier,
-terminate on success, truncate when the env's world-model step counter reaches the episode length, and reset
-finished envs to latents drawn from a pool of start latents. Chunk steps are a ``lax.scan``; inside each, the
+``act_steps`` actions through the world-model prior, score the post-chunk latent (the chunk's last
+``success_hold`` latents) with the reward classifier, terminate on success, truncate when the env's world-model
+step counter reaches the episode length, and reset finished envs to latents drawn from a pool of start latents. Chunk steps are a ``lax.scan``; inside each, the
 world-model steps and the denoising steps are ``lax.scan``s too.
 
 Randomness: chunk step t uses ``split(key, H)[t]``, split into (policy, world model, reset) keys; the world-model
@@ -30,6 +30,16 @@ from diwa_jax.world_model import model as wm
 SUCCESS_THRESHOLD = {"binary": 0.0, "probability": 0.5}
 
 
+def chunk_reward(classifier: dict, features: jnp.ndarray, reward_mode: str, success_hold: int):
+    """The reward of a chunk from ``features (act_steps, ..., F)``, the latents after each of its actions:
+    the smallest classifier reward over the last ``success_hold`` of them (1: the post-chunk latent alone,
+    the paper). The tasks' successes are states that persist, so requiring several steps rejects the
+    classifier's one-step firings. Returns ``(reward, terminated)``, both ``(...)``."""
+    rewards = reward_from_logits(classifier_logits(classifier, features[-success_hold:]), reward_mode)
+    reward = jnp.min(rewards, axis=0)
+    return reward, reward > SUCCESS_THRESHOLD[reward_mode]
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutSpec:
     """The rollout's static sizes and options (hashable: a jit static argument)."""
@@ -47,6 +57,7 @@ class RolloutSpec:
     denoised_clip: float
     reward_mode: str
     binarize_gripper: bool
+    success_hold: int  # world-model steps at a chunk's end the classifier must all call success
 
     def __post_init__(self):
         if self.reward_mode not in REWARD_MODES:
@@ -118,18 +129,20 @@ def executed_gripper(actions: jnp.ndarray) -> jnp.ndarray:
     return actions.at[..., -1].set(jnp.where(actions[..., -1] >= 0, 1.0, -1.0))
 
 
-def execute_chunk(wm_params, spec: RolloutSpec, latent: Latent, chunk: jnp.ndarray, key: jax.Array) -> Latent:
-    """Run the first ``act_steps`` actions of ``chunk (N, Ta, A)`` through the world-model prior; the latent after."""
+def execute_chunk(wm_params, spec: RolloutSpec, latent: Latent, chunk: jnp.ndarray,
+                  key: jax.Array) -> tuple[Latent, jnp.ndarray]:
+    """Run the first ``act_steps`` actions of ``chunk (N, Ta, A)`` through the world-model prior: the latent
+    after, and the features of the latents after each action ``(act_steps, N, F)``."""
     actions = chunk[:, :spec.act_steps]
     if spec.binarize_gripper:  # as the simulator does (spec section 9 row 10)
         actions = executed_gripper(actions)
 
     def wm_step(state, inputs):
         action, step_key = inputs
-        return wm.img_step(wm_params, spec.wm, state, action, step_key), None
+        state = wm.img_step(wm_params, spec.wm, state, action, step_key)
+        return state, state.feature()
 
-    latent, _ = jax.lax.scan(wm_step, latent, (jnp.swapaxes(actions, 0, 1), jax.random.split(key, spec.act_steps)))
-    return latent
+    return jax.lax.scan(wm_step, latent, (jnp.swapaxes(actions, 0, 1), jax.random.split(key, spec.act_steps)))
 
 
 def sample_policy(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, feature: jnp.ndarray, key: jax.Array):
@@ -146,9 +159,8 @@ def _chunk_step(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, start_p
     policy_key, wm_key, reset_key = jax.random.split(key, 3)
     feature = env.latent.feature()
     chunk, chain, logprob = sample_policy(models, actor_ft, spec, feature, policy_key)
-    latent = execute_chunk(models.wm, spec, env.latent, chunk, wm_key)
-    reward = reward_from_logits(classifier_logits(models.classifier, latent.feature()), spec.reward_mode)
-    terminated = reward > SUCCESS_THRESHOLD[spec.reward_mode]
+    latent, features = execute_chunk(models.wm, spec, env.latent, chunk, wm_key)
+    reward, terminated = chunk_reward(models.classifier, features, spec.reward_mode, spec.success_hold)
     wm_steps = env.wm_steps + spec.act_steps
     truncated = wm_steps >= spec.episode_len
     done = terminated | truncated

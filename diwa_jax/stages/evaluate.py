@@ -62,20 +62,26 @@ def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list
     return {**result, "start_list": starts.describe()}
 
 
-def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model) -> dict:
+def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model,
+                    success_hold: int | None = None) -> dict:
     """The transfer diagnostic of one stored policy (``pretrained`` or fine-tuning seed ``seed_index``'s
-    ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it."""
+    ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it
+    (``success_hold``: judge imagined success as ``config.ppo.success_hold`` would, default the run's)."""
     if policy not in ("pretrained", "finetuned"):
         raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the world model's classifier, so "
                          "pretrained or finetuned")
     if not 0 < starts <= config.ppo.n_start_states:
         raise ValueError(f"--transfer {starts}: choose 1 .. config.ppo.n_start_states={config.ppo.n_start_states}")
+    if success_hold is not None and not 1 <= success_hold <= config.policy.act_steps:
+        raise ValueError(f"--success_hold {success_hold}: choose 1 .. config.policy.act_steps="
+                         f"{config.policy.act_steps}")
     schedule, actor_pre = artifacts.load_policy(config, task)
     actor = actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
     models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
                           schedule=schedule)
     iteration = 0 if policy == "pretrained" else artifacts.finetune_summary(config, task, seed_index)["iterations"]
-    return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts)
+    return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts,
+                          success_hold=success_hold)
 
 
 def _rate(result: dict) -> dict:
@@ -370,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", type=int, default=0, metavar="N",
                         help="instead of a start list: the transfer diagnostic (diwa_jax/transfer.py) of the policy on "
                              "the first N states of the fine-tuning seed's start stream, as fine-tuning runs it")
+    parser.add_argument("--success_hold", type=int, default=None, metavar="M",
+                        help="with --transfer: imagined success as config.ppo.success_hold=M judges it (default: "
+                             "the run's)")
     parser.add_argument("--envs", type=int, default=None, help="simulators in lockstep (default: the run's eval.envs)")
     parser.add_argument("--workers", type=int, default=None,
                         help="simulator processes, 0 = in this one (default: the run's eval.workers)")
@@ -384,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.transfer:
                 print(json.dumps({"task": args.task, "policy": args.policy, "seed_index": args.seed_index,
                                   **diagnose_stored(config, args.task, args.policy, args.seed_index, args.transfer,
-                                                    envs=envs, world_model=world_model)}))
+                                                    envs=envs, world_model=world_model,
+                                                    success_hold=args.success_hold)}))
                 return 0
             result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
                                      ft_steps=args.ft_denoising_steps, envs=envs, world_model=world_model)

@@ -201,14 +201,16 @@ class PeriodicEvaluation:
 
 
 def transfer_point(config, task: str, seed_index: int, models: FrozenModels, actor: dict, iteration: int,
-                   world_model: WorldModel, envs, starts: int | None = None) -> dict:
+                   world_model: WorldModel, envs, starts: int | None = None, success_hold: int | None = None) -> dict:
     """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first ``starts``
     (default ``config.ppo.transfer_starts``) states of the seed's simulator start stream (the start pool's own
-    states with ``start_source='simulator'``)."""
+    states with ``start_source='simulator'``), imagined success judged with ``success_hold`` (default
+    ``config.ppo.success_hold``)."""
     robot, scene = simulator_start_states(config, task, config.ppo.n_start_states, seed_index)
     n = config.ppo.transfer_starts if starts is None else starts
     result = transfer_diagnostic(eval_spec(config), task, models.schedule, models.actor_pre, actor,
                                  classifier=models.classifier, reward_mode=config.ppo.reward_mode,
+                                 success_hold=config.ppo.success_hold if success_hold is None else success_hold,
                                  world_model=world_model, starts=(robot[:n], scene[:n]), envs=envs,
                                  key=stage_key(config, f"finetune/{task}/seed{seed_index}/transfer"))
     return {"iteration": iteration, **result}
