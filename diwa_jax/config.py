@@ -145,6 +145,7 @@ _RULES: dict[str, Callable[[Any], bool]] = {
     "reward.batch_size": _at_least_2,
     "reward.epochs": _positive,
     "reward.negatives_per_episode": _positive,
+    "reward.hard_negatives": _non_negative,
     "reward.n_train_windows": _positive,
     "reward.other_task_windows": _non_negative,
     "reward.window_seed": _non_negative,

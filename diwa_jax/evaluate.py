@@ -213,13 +213,16 @@ def first_latent(spec: EvalSpec, world_model: model.WorldModel, obs: dict, key: 
 
 def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre: dict, actor_ft: dict,
                     episodes: int | None = None, *, key: jax.Array, world_model: model.WorldModel, starts: tuple,
-                    envs: SimulatorBatch) -> dict:
+                    envs: SimulatorBatch, judge=None) -> dict:
     """Success of the policy (``actor_pre`` for denoising steps >= ``spec.sampler.ft_steps``, ``actor_ft`` below)
     on ``task`` in the simulators ``envs`` (their transform ``observation_transform`` of this world model).
 
     ``episodes``: how many of the start states to use (None: all of them); ``starts = (robot_obs (n, 15),
     scene_obs (n, 24))``, episode e from start e. Returns success_rate, successes, episodes, mean_steps,
-    sim_steps and the per-episode episode_success / episode_steps.
+    sim_steps and the per-episode episode_success / episode_steps. ``judge``: a function of the post-chunk
+    latents ``(E, 1, ...)`` to bool ``(E,)`` (the reward classifier's verdict); given, the result adds
+    episode_judged, whether it said yes on one of the episode's latents (all before the oracle's success,
+    whose frame is not filtered).
     """
     robot_starts, scene_starts = starts
     n = len(robot_starts) if episodes is None else min(int(episodes), len(robot_starts))
@@ -227,7 +230,7 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
         raise ValueError(f"evaluate '{task}': no start states (the validation split has no window of the task); "
                          "collect more validation data (config.collect.val_frames) or drop the task")
     count, horizon = envs.num_envs, spec.act_steps
-    success, used = np.zeros(n, bool), np.zeros(n, np.int64)
+    success, used, judged = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, bool)
     episode = np.full(count, -1)  # the episode each simulator runs (-1: none)
     steps, chunk = np.zeros(count, np.int64), np.zeros(count, np.int32)
     latent, chunks, started = initial_latents(count, world_model.spec), None, 0
@@ -261,10 +264,14 @@ def evaluate_policy(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor_pre
             continue
         running = np.maximum(episode, 0)
         latent = step.filter(world_model, latent, key, running)
+        if judge is not None:
+            live = episode >= 0
+            judged[episode[live]] |= np.asarray(judge(latent))[live]
         chunks = np.asarray(sample_chunks(actor_pre, actor_ft, schedule, latent, key, running.astype(np.int32), chunk,
                                           settings=spec.sampler))
         chunk[episode >= 0] += 1
     successes = int(success.sum())
     return {"success_rate": successes / n, "successes": successes, "episodes": n,
             "mean_steps": float(used.sum()) / n, "sim_steps": int(used.sum()),
-            "episode_success": success.tolist(), "episode_steps": used.tolist()}
+            "episode_success": success.tolist(), "episode_steps": used.tolist(),
+            **({"episode_judged": judged.tolist()} if judge is not None else {})}

@@ -12,6 +12,12 @@ the evaluation's noise (``evaluate.episode_keys`` of episode e for start e):
   judged by the oracle. The classifier's precision on imagined rollouts is the share of imagined successes
   whose replay reaches the oracle's success by the chunk the classifier fired on.
 
+The classifier also judges the real episodes' own post-chunk latents (filtered from the simulator's frames):
+``classifier_precision_real`` is the share of the real episodes it said yes on that the oracle judged
+successful (a real episode ends on the oracle's success before that frame is filtered, so every yes comes
+before it). Side by side with the precision on imagined rollouts, it tells the classifier's false alarms
+from the imagination's drift.
+
 Plus how far the policy moved: the RMS difference between its first chunk and the pre-trained policy's,
 from the same latents and noise (0 for the pre-trained policy itself).
 """
@@ -55,6 +61,12 @@ def imagine_chunks(wm_params: dict, classifier: dict, latent: Latent, chunks: ja
 
     latent, features = jax.lax.map(one_episode, (latent, chunks, episode, frame))  # features (E, act_steps, F)
     return latent, chunk_reward(classifier, jnp.swapaxes(features, 0, 1), reward_mode, success_hold)[1]
+
+
+@functools.partial(jax.jit, static_argnames="reward_mode")
+def classify_latents(classifier: dict, latent: Latent, *, reward_mode: str) -> jax.Array:
+    """The classifier's success on each post-chunk latent ``(E, 1, ...)``: ``(E,)`` bool."""
+    return chunk_reward(classifier, latent.feature()[None, :, 0], reward_mode, 1)[1]
 
 
 def _rounds(count: int, size: int):
@@ -129,12 +141,13 @@ def transfer_diagnostic(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor
     """Real, imagined and replayed success of one policy from ``starts = (robot_obs (S, 15), scene_obs (S, 24))``
     (module docstring). ``sim_steps`` counts every simulator step it took."""
     real = evaluate_policy(spec, task, schedule, actor_pre, actor_ft, key=key, world_model=world_model,
-                           starts=starts, envs=envs)
+                           starts=starts, envs=envs, judge=functools.partial(classify_latents, classifier,
+                                                                             reward_mode=reward_mode))
     latent = first_latents(spec, world_model, envs, starts, key)
     imagined, actions = imagine_episodes(spec, world_model, classifier, reward_mode, success_hold, schedule,
                                          actor_pre, actor_ft, latent, key)
     replayed, replay_steps = replay(envs, task, starts, actions)
-    real_success = np.array(real["episode_success"], bool)
+    real_success, judged = np.array(real["episode_success"], bool), np.array(real["episode_judged"], bool)
     positives = int(imagined.sum())
     return {
         "starts": len(imagined),
@@ -145,8 +158,12 @@ def transfer_diagnostic(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor
         "confirmed_successes": int((imagined & replayed).sum()),  # imagined successes whose replay succeeds
         "classifier_precision_imagined": float((imagined & replayed).sum() / positives) if positives else None,
         "agreement": float((imagined == real_success).mean()),
+        # the classifier on the real episodes' own latents: its false alarms without the imagination's drift
+        "real_judged_successes": int(judged.sum()),
+        "real_judged_confirmed": int((judged & real_success).sum()),
+        "classifier_precision_real": float((judged & real_success).sum() / judged.sum()) if judged.any() else None,
         "first_chunk_rms_from_pretrained": first_chunk_distance(spec, schedule, actor_pre, actor_ft, latent, key),
         "episode_real": real_success.tolist(), "episode_imagined": imagined.tolist(),
-        "episode_replayed": replayed.tolist(),
+        "episode_replayed": replayed.tolist(), "episode_judged_real": judged.tolist(),
         "sim_steps": int(real["sim_steps"]) + replay_steps,
     }

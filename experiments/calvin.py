@@ -135,6 +135,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.reward.n_train_windows = 50  # the expert windows of stage 3 (the policy's 50, same seed)
     c.reward.window_seed = 42
     c.reward.negatives_per_episode = 10
+    c.reward.hard_negatives = 0  # the negative frames just before success always trained on; 0 = off (paper)
     c.reward.other_task_windows = 0  # per other task: their windows (real and imagined) as labelled examples; 0 = off (paper)
     c.reward.balance_quirk = True  # negatives drawn by position within the negative list (original); False: uniform
     c.reward.use_imagined = True

@@ -90,6 +90,23 @@ def test_balancing_counts_and_quirk():
     assert seen_uniform == set(np.flatnonzero(middle == 0).tolist())
 
 
+def test_hard_negatives_are_the_frames_just_before_success():
+    episodes = [np.r_[np.zeros(30), np.ones(5)].astype(int), np.r_[np.zeros(2), np.ones(3)].astype(int),
+                np.zeros(12, int)]  # a short one and one that never succeeds
+    for quirk in (True, False):
+        plain = balance_episode_samples(episodes, 10, np.random.default_rng(1), quirk=quirk)
+        hard = balance_episode_samples(episodes, 10, np.random.default_rng(1), quirk=quirk, hard=3)
+        for labels, p, h in zip(episodes, plain, hard):
+            n_pos, drawn = int(labels.sum()), len(p) - int(labels.sum())
+            np.testing.assert_array_equal(h[:drawn], p[:drawn])  # the same draws
+            np.testing.assert_array_equal(h[len(h) - n_pos:], p[drawn:])  # the same positives
+            near = np.flatnonzero(labels)[0] - np.arange(3, 0, -1) if n_pos else np.zeros(0, int)
+            near = near[near >= 0]
+            assert set(h.tolist()) == set(p.tolist()) | set(near.tolist())
+            np.testing.assert_array_equal(h[drawn:len(h) - n_pos], [i for i in near if i not in p[:drawn]])
+        assert len(hard[0]) > len(plain[0]) or set(range(27, 30)) <= set(plain[0].tolist())
+
+
 def test_classifier_learns_separable_toy_problem():
     cfg = RewardSpec(embed_hidden=32, embed_dim=16, head_hidden=32, tau=0.5, ce_weight=0.5, lr=1e-3)
     rng = np.random.default_rng(0)

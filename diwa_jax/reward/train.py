@@ -53,15 +53,18 @@ def make_reward_update(spec: RewardSpec):
 
 
 def balance_episode_samples(
-    labels_per_episode: list, n_neg: int, rng: np.random.Generator, quirk: bool = True
+    labels_per_episode: list, n_neg: int, rng: np.random.Generator, quirk: bool = True, hard: int = 0
 ) -> list:
-    """Frame indices to train on, per episode: ``min(n_neg, #negatives)`` random negatives + all positives.
+    """Frame indices to train on, per episode: ``min(n_neg, #negatives)`` random negatives + all positives,
+    plus (``hard`` > 0) the ``hard`` negative frames just before the first positive where not drawn already:
+    the states nearest the success threshold, which random draws rarely pick.
 
     ``quirk=True`` (the original, default): the negatives are drawn as positions *within the list of negative
     frames* and then used as frame indices, i.e. uniformly among the first ``#negatives`` frames of the episode
     (the same as uniform negatives when the positives are a suffix; otherwise early positives may be drawn,
     with their own label, and appear twice). ``quirk=False``: uniform among the negative frames.
-    Returns one int64 array per episode: the negatives' indices, then the positives'.
+    Returns one int64 array per episode: the drawn negatives' indices, the hard ones', then the positives'.
+    The draws do not depend on ``hard``.
     """
     selected = []
     for episode, labels in enumerate(labels_per_episode):
@@ -71,7 +74,10 @@ def balance_episode_samples(
         negatives, positives = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
         picks = rng.choice(len(negatives), size=min(n_neg, len(negatives)), replace=False)
         chosen_negatives = picks if quirk else negatives[picks]
-        selected.append(np.concatenate([chosen_negatives, positives]).astype(np.int64))
+        before = negatives[negatives < positives[0]] if len(positives) else negatives[:0]
+        near = before[len(before) - min(hard, len(before)):]
+        near = near[~np.isin(near, chosen_negatives)]
+        selected.append(np.concatenate([chosen_negatives, near, positives]).astype(np.int64))
     return selected
 
 

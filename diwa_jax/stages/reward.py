@@ -5,7 +5,8 @@ windows, and (``reward.use_imagined``) imagined latents: from each window's firs
 actions replayed open-loop through the world-model prior. Frame i of a window is positive when the
 oracle says the task is done between the window's first frame and frame i; the imagined latent after
 the window's j-th action takes the label of real frame j + 1. Each real and each imagined trajectory is
-an episode for the balancing (``negatives_per_episode`` negatives + all positives). With
+an episode for the balancing (``negatives_per_episode`` negatives, the ``hard_negatives`` frames just before
+success, and all positives). With
 ``reward.other_task_windows`` > 0, that many annotated windows of every other task join the task's own, real
 and imagined alike, labelled by the same oracle (almost all negatives): the classifier then sees latents of
 the robot doing something else, which is what a fine-tuned policy's failures look like. Validation: the real
@@ -68,7 +69,7 @@ def training_set(config, task: str, windows: np.ndarray, cache: Cache, features:
         episodes += [(imagined[w, :len(lab) - 1], lab[1:]) for w, lab in enumerate(labels) if len(lab) > 1]
     rng = np.random.default_rng([config.seed, tasks.stream(task), _BALANCE_STREAM])
     picks = balance_episode_samples([lab for _, lab in episodes], cfg.negatives_per_episode, rng,
-                                    quirk=cfg.balance_quirk)
+                                    quirk=cfg.balance_quirk, hard=cfg.hard_negatives)
     return {
         "features": np.concatenate([feat[p] for (feat, _), p in zip(episodes, picks)]).astype(np.float32),
         "labels": np.concatenate([lab[p] for (_, lab), p in zip(episodes, picks)]).astype(np.int32),
