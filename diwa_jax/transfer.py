@@ -13,10 +13,10 @@ the evaluation's noise (``evaluate.episode_keys`` of episode e for start e):
   whose replay reaches the oracle's success by the chunk the classifier fired on.
 
 The classifier also judges the real episodes' own post-chunk latents (filtered from the simulator's frames):
-``classifier_precision_real`` is the share of the real episodes it said yes on that the oracle judged
-successful (a real episode ends on the oracle's success before that frame is filtered, so every yes comes
-before it). Side by side with the precision on imagined rollouts, it tells the classifier's false alarms
-from the imagination's drift.
+``classifier_false_alarms_real`` is the share of the failed real episodes it said yes on at some chunk (a
+real episode ends on the oracle's success before that frame is filtered, so a yes on a successful episode
+only comes early). Side by side with the precision on imagined rollouts, it tells the classifier's own
+false alarms from the imagination's drift.
 
 Plus how far the policy moved: the RMS difference between its first chunk and the pre-trained policy's,
 from the same latents and noise (0 for the pre-trained policy itself).
@@ -159,9 +159,10 @@ def transfer_diagnostic(spec: EvalSpec, task: str, schedule: DDPMSchedule, actor
         "classifier_precision_imagined": float((imagined & replayed).sum() / positives) if positives else None,
         "agreement": float((imagined == real_success).mean()),
         # the classifier on the real episodes' own latents: its false alarms without the imagination's drift
-        "real_judged_successes": int(judged.sum()),
-        "real_judged_confirmed": int((judged & real_success).sum()),
-        "classifier_precision_real": float((judged & real_success).sum() / judged.sum()) if judged.any() else None,
+        "real_failures": int((~real_success).sum()),
+        "real_false_alarms": int((judged & ~real_success).sum()),
+        "classifier_false_alarms_real": (float((judged & ~real_success).sum() / (~real_success).sum())
+                                         if (~real_success).any() else None),
         "first_chunk_rms_from_pretrained": first_chunk_distance(spec, schedule, actor_pre, actor_ft, latent, key),
         "episode_real": real_success.tolist(), "episode_imagined": imagined.tolist(),
         "episode_replayed": replayed.tolist(), "episode_judged_real": judged.tolist(),

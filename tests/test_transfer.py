@@ -51,9 +51,9 @@ def test_real_imagined_and_replayed_success_from_the_same_starts(tiny_config, tm
         assert result["episode_replayed"] == [True, True, False]
         assert result["classifier_precision_imagined"] is None
     assert result["starts"] == 3 and result["imagined_success"] == pytest.approx(1.0 if fires else 0.0)
-    # on the real episodes' own latents: yes on every one of them (2 of 3 succeeded), or on none
-    assert result["episode_judged_real"] == [fires] * 3 and result["real_judged_successes"] == (3 if fires else 0)
-    assert result["classifier_precision_real"] == (pytest.approx(2 / 3) if fires else None)
+    # on the real episodes' own latents: yes on every one of them, or on none; the third start fails
+    assert result["episode_judged_real"] == [fires] * 3 and result["real_failures"] == 1
+    assert result["real_false_alarms"] == int(fires) and result["classifier_false_alarms_real"] == float(fires)
     replay_steps = [3, 4, 4] if fires else [3, 5, 8]
     assert result["sim_steps"] == 3 + 5 + 8 + sum(replay_steps)
     logs = {e: np.stack(log) for env in envs for e, log in env.actions.items()}
@@ -73,7 +73,7 @@ def test_seeds_pool_into_the_results_table():
     from diwa_jax.stages.evaluate import transfer_over_seeds, transfer_table
 
     def point(imagined, real, claimed, confirmed, judged=None):
-        judged = {} if judged is None else {"real_judged_successes": judged[0], "real_judged_confirmed": judged[1]}
+        judged = {} if judged is None else {"real_failures": judged[0], "real_false_alarms": judged[1]}
         return {"starts": 4, "imagined_success": imagined, "real_success": real, "replayed_success": confirmed / 4,
                 "agreement": 0.5, "first_chunk_rms_from_pretrained": 0.1, "imagined_successes": claimed,
                 "confirmed_successes": confirmed, "classifier_precision_imagined": confirmed / claimed if claimed else None,
@@ -88,7 +88,8 @@ def test_seeds_pool_into_the_results_table():
     assert pooled["finetuned"]["real_success"] == pytest.approx(0.25)
     assert pooled["pretrained"]["classifier_precision_imagined"] == pytest.approx(1 / 3)
     assert pooled["finetuned"]["classifier_precision_imagined"] == pytest.approx(2 / 6)
-    assert pooled["pretrained"]["classifier_precision_real"] == pytest.approx(1 / 2)
+    assert pooled["pretrained"]["classifier_false_alarms_real"] == pytest.approx(1 / 2)
+    assert pooled["finetuned"]["classifier_false_alarms_real"] == pytest.approx(2 / 4)
     assert transfer_over_seeds([{}]) is None
     table = transfer_table({"open_drawer": {"transfer": pooled}, "close_drawer": {"transfer": None}})
     assert "| open_drawer | 4 x 2 | 37.5 / 25.0 | 75.0 / 25.0 / 25.0 | +50.0 | 0.33 / 0.33 | 0.50 / 0.50 | 0.100 |" in table

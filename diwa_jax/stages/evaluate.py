@@ -176,9 +176,9 @@ def plot_curves(path: str, curves: dict[str, list[list[dict]]]) -> None:
 
 def transfer_over_seeds(points: list[dict]) -> dict | None:
     """A task's transfer diagnostic (``diwa_jax/transfer.py``) at iteration 0 and at the end, over the seeds that
-    ran it: mean rates over seeds, the classifier's precision on imagined rollouts and on the real episodes
-    pooled (its true over its claimed successes; on the real episodes over the seeds whose diagnostic has it);
-    None where no seed ran it."""
+    ran it: mean rates over seeds, the classifier's precision on imagined rollouts pooled (its true over its
+    claimed successes) and its false alarms on the failed real episodes pooled (over the seeds whose
+    diagnostic has them); None where no seed ran it."""
     points = [p for p in points if "pretrained" in p and "finetuned" in p]
     if not points:
         return None
@@ -191,10 +191,10 @@ def transfer_over_seeds(points: list[dict]) -> dict | None:
                       ("imagined_success", "real_success", "replayed_success", "agreement",
                        "first_chunk_rms_from_pretrained")}
         out[point]["classifier_precision_imagined"] = confirmed / claimed if claimed else None
-        judged = [r for r in rows if "real_judged_successes" in r]
-        claimed = sum(r["real_judged_successes"] for r in judged)
-        out[point]["classifier_precision_real"] = (sum(r["real_judged_confirmed"] for r in judged) / claimed
-                                                   if claimed else None)
+        judged = [r for r in rows if "real_failures" in r]
+        failures = sum(r["real_failures"] for r in judged)
+        out[point]["classifier_false_alarms_real"] = (sum(r["real_false_alarms"] for r in judged) / failures
+                                                      if failures else None)
     return out
 
 
@@ -208,7 +208,8 @@ def transfer_table(tasks: dict) -> str:
              "actions replayed open loop in the simulator; evaluation sampler and noise for all three; rates in %, "
              "means over seeds.", "",
              "| task | starts x seeds | iteration 0: imagined / real | end: imagined / real / replayed | "
-             "end gap, points | classifier precision on imagined, 0 / end | on the real episodes, 0 / end | "
+             "end gap, points | classifier precision on imagined, 0 / end | its false alarms on failed real episodes, "
+             "0 / end | "
              "first-chunk RMS from pre-trained |",
              "|---|---|---|---|---|---|---|---|"]
     gaps = []
@@ -221,7 +222,8 @@ def transfer_table(tasks: dict) -> str:
                      f"{_percent(pre['real_success'])} | {_percent(end['imagined_success'])} / "
                      f"{_percent(end['real_success'])} / {_percent(end['replayed_success'])} | {100 * gap:+.1f} | "
                      f"{precision(pre['classifier_precision_imagined'])} / {precision(end['classifier_precision_imagined'])} "
-                     f"| {precision(pre['classifier_precision_real'])} / {precision(end['classifier_precision_real'])} "
+                     f"| {precision(pre['classifier_false_alarms_real'])} / "
+                     f"{precision(end['classifier_false_alarms_real'])} "
                      f"| {end['first_chunk_rms_from_pretrained']:.3f} |")
     lines.append(f"| **mean** | | | | {100 * float(np.mean(gaps)):+.1f} | | | |")
     return "\n".join(lines)
