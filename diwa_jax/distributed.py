@@ -79,10 +79,11 @@ def _check_divisible(n: int, mesh: Mesh, what: str) -> None:
                          "to split it over the 'data' mesh axis")
 
 
-def env_shardings(mesh: Mesh) -> EnvState:
-    """Every env field split along its leading (env) axis."""
+def env_shardings(mesh: Mesh, start_scene: bool = False) -> EnvState:
+    """Every env field split along its leading (env) axis (``start_scene``: the envs carry one)."""
     envs = split(mesh)
-    return EnvState(latent=Latent(deter=envs, stoch=envs), wm_steps=envs, first=envs, episode_return=envs)
+    return EnvState(latent=Latent(deter=envs, stoch=envs), wm_steps=envs, first=envs, episode_return=envs,
+                    start_scene=envs if start_scene else None)
 
 
 def rollout_shardings(mesh: Mesh) -> Rollout:
@@ -96,7 +97,8 @@ def state_shardings(state: agent.FinetuneState, mesh: Mesh) -> agent.FinetuneSta
     """Envs (where the state has imagined ones) and the reward scaler's per-env returns split, everything else
     replicated."""
     shardings = jax.tree.map(lambda _: replicated(mesh), state)
-    return shardings.replace(env=None if state.env is None else env_shardings(mesh),
+    env = None if state.env is None else env_shardings(mesh, state.env.start_scene is not None)
+    return shardings.replace(env=env,
                              reward_scaler=shardings.reward_scaler.replace(running_return=split(mesh)))
 
 
@@ -154,7 +156,7 @@ class MeshProgram:
 def sharded_rollout(mesh: Mesh, spec: RolloutSpec) -> MeshProgram:
     """``(models, actor_ft, env, start_pool, key) -> (Rollout, EnvState)``: ``imagine_rollout`` with the envs
     split over ``mesh``."""
-    rep, envs = replicated(mesh), env_shardings(mesh)
+    rep, envs = replicated(mesh), env_shardings(mesh, spec.start_scene_dim > 0)
     return MeshProgram(mesh, jax.jit(functools.partial(imagine_rollout, spec=spec),
                                      in_shardings=(rep, rep, envs, rep, rep),
                                      out_shardings=(rollout_shardings(mesh), envs)))

@@ -66,7 +66,7 @@ def rollout_spec(config) -> RolloutSpec:
                        min_sampling_std=config.ppo.min_sampling_std, min_logprob_std=config.ppo.min_logprob_std,
                        randn_clip=config.ppo.randn_clip, denoised_clip=config.policy.denoised_clip,
                        reward_mode=config.ppo.reward_mode, binarize_gripper=config.ppo.binarize_gripper,
-                       success_hold=config.ppo.success_hold)
+                       success_hold=config.ppo.success_hold, reward_source=config.ppo.reward_source)
 
 
 def finetune_spec(config) -> FinetuneSpec:

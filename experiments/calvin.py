@@ -176,6 +176,7 @@ def _paper() -> ml_collections.ConfigDict:
     c.ppo.reward_scale_gamma = 0.99
     c.ppo.reward_scale_clip = 10.0
     c.ppo.reward_mode = "binary"  # binary | probability
+    c.ppo.reward_source = "classifier"  # classifier | decoded_state (the oracle on decoded scenes; hybrid/state)
     c.ppo.success_hold = 1  # last world-model steps of a chunk the classifier must all call success (1: paper)
     c.ppo.alpha_bc = 0.05
     c.ppo.binarize_gripper = False

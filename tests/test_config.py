@@ -161,6 +161,7 @@ VIOLATIONS = {  # relation's key -> overrides of the quick preset that break it 
     "ppo.clip_base": {"ppo.clip_base": 0.1},  # clip: 0.01
     "ppo.transfer_starts": {"ppo.transfer_starts": 65},  # n_start_states: 64
     "ppo.success_hold": {"ppo.success_hold": 5},  # act_steps: 4
+    "ppo.reward_source": {"ppo.reward_source": "decoded_state"},  # wm.variant: vision
     "ppo.logprob_min": {"ppo.logprob_min": 2.0},  # logprob_max: 2.0
     "eval.episodes": {"eval.episodes": 0},  # start_source: simulator
     "eval.workers": {"eval.workers": 17},  # envs: 16

@@ -284,6 +284,44 @@ def test_finetune_split_over_devices_equals_one_device(full_run, tmp_path):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+def test_decoded_state_reward_runs_end_to_end_on_the_state_variant(full_run, tmp_path):
+    """The latent-decoder reward (``ppo.reward_source='decoded_state'``) on a state-variant world model: the
+    main job from the same collection, a standalone transfer diagnostic equal to fine-tuning's, and the
+    fine-tuning split over devices equal to one device's."""
+    workdir, _ = full_run
+    run_dir = tmp_path / "state"
+    shutil.copytree(workdir / "collect", run_dir / "collect")
+    overrides = ["--config.wm.variant=state", "--config.ppo.reward_source=decoded_state", "--config.seeds=1"]
+    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config",
+           os.path.join(REPO, "experiments", "calvin.py") + ":tiny", "--workdir", str(run_dir), *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = read_json(run_dir / "results.json")["tasks"][TASK]
+    assert 0.0 <= results["finetuned"][0]["imagined_success"] <= 1.0
+    points = read_json(run_dir / "finetune" / TASK / "seed0" / "transfer.json")
+    assert "real_false_alarms" not in points["finetuned"]  # the classifier's alone
+    out = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(run_dir), "--task", TASK,
+                          "--policy", "finetuned", "--transfer", "2"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for key, value in points["finetuned"].items():
+        assert got[key] == value, key
+    curves = []
+    for devices in (1, 0):
+        copy = tmp_path / f"devices{devices}"
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*",
+                                                                     "success_curves.png"))
+        c = get_config("tiny")
+        c.wm.variant, c.ppo.reward_source, c.seeds = "state", "decoded_state", 1
+        c.ppo.devices, c.ppo.n_envs = devices, jax.device_count()
+        config = configlib.finalize(c, str(copy))
+        assert stage.finetune(config)[f"{TASK}/seed0"]["finetune_sim_steps"] == 0
+        curves.append(artifacts.read_curve(config, TASK, 0))
+    assert curves[0] == curves[1]
+
+
 def test_bad_device_counts_are_config_errors_naming_the_key(tmp_path):
     """launch.py prints a ConfigError as one line (exit 2): too many devices, or envs that do not split."""
     with pytest.raises(configlib.ConfigError, match=r"config.ppo.devices=99: JAX sees only 8 devices"):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from diwa_jax import specs
-from diwa_jax.finetune.imagine import (FrozenModels, RolloutSpec, chunk_reward, imagine_rollout, init_env_state,
-                                       rollout_metrics)
+from diwa_jax.finetune.imagine import (FrozenModels, RolloutSpec, SceneReward, chunk_reward, imagine_rollout,
+                                       init_env_state, rollout_metrics)
 from diwa_jax.policy.denoiser import init_denoiser
 from diwa_jax.policy.sampling import chain_logprob, sample_chain
 from diwa_jax.policy.schedule import make_schedule
@@ -83,8 +83,18 @@ img_step_jit = jax.jit(wm.img_step, static_argnums=1)
 logits_jit = jax.jit(classifier_logits)
 
 
+decode_state_jit = jax.jit(wm.decode_state, static_argnums=1)
+
+
 def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
     """Python loops over chunk steps and world-model steps, bookkeeping in numpy, one env at a time."""
+    scene_reward = models.scene_reward
+    start_scene = None if env.start_scene is None else np.array(env.start_scene)
+
+    def scene_of(feature):  # the decoded-state reward's scene, in numpy
+        state = np.asarray(decode_state_jit(models.wm, spec.wm, jnp.asarray(feature)), np.float64)
+        return (state * np.asarray(scene_reward.state_scale) + np.asarray(scene_reward.state_min))[:, spec.wm.proprio_dim:]
+
     latent = jax.tree.map(np.array, env.latent)
     wm_steps, first, ep_return = np.array(env.wm_steps), np.array(env.first), np.array(env.episode_return)
     pool_np = jax.tree.map(np.asarray, pool)
@@ -103,9 +113,16 @@ def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
         if spec.binarize_gripper:
             actions[..., 6] = np.where(actions[..., 6] >= 0, 1.0, -1.0)
         state = Latent(deter=jnp.asarray(latent.deter), stoch=jnp.asarray(latent.stoch))
-        step_rewards = []  # the classifier's reward after each world-model step of the chunk
+        if scene_reward is not None:
+            start_scene[first] = scene_of(feature)[first]
+        step_rewards = []  # the reward after each world-model step of the chunk
         for i, wm_step_key in enumerate(jax.random.split(wm_key, spec.act_steps)):
             state = img_step_jit(models.wm, spec.wm, state, jnp.asarray(actions[:, i]), wm_step_key)
+            if scene_reward is not None:
+                now = scene_of(state.feature())
+                # open_drawer: the drawer (scene_obs 1) out by more than 0.12 m
+                step_rewards.append((now[:, 1] - start_scene[:, 1] > 0.12).astype(np.float32))
+                continue
             logits = np.asarray(logits_jit(models.classifier, state.feature()), np.float64)
             if spec.reward_mode == "binary":
                 step_rewards.append((logits[:, 1] > logits[:, 0]).astype(np.float32))
@@ -132,21 +149,38 @@ def reference_rollout(models, actor_ft, env, pool, key, spec: RolloutSpec):
                 latent.deter[n], latent.stoch[n] = pool_np.deter[draws[n]], pool_np.stoch[draws[n]]
                 wm_steps[n], ep_return[n] = 0, 0.0
     final = np.concatenate([latent.deter, latent.stoch.reshape(len(latent.deter), -1)], -1)
-    return {name: np.stack(values) for name, values in out.items()}, final, (latent, wm_steps, first, ep_return)
+    return ({name: np.stack(values) for name, values in out.items()}, final,
+            (latent, wm_steps, first, ep_return, start_scene))
+
+
+def decoded_state_models(scale: float):
+    """The state-variant models with the decoded-state reward of open_drawer (state = head * scale)."""
+    models, actor_ft, pool = tiny_models("state")
+    dim = specs.world_model_spec(tiny_config()).state_dim
+    scene_reward = SceneReward(state_min=jnp.zeros(dim), state_scale=jnp.full(dim, scale), task="open_drawer")
+    return models.replace(scene_reward=scene_reward), actor_ft, pool
 
 
 @pytest.mark.parametrize("options", [dict(), dict(reward_mode="probability", binarize_gripper=True),
-                                     dict(success_hold=3), dict(reward_mode="probability", success_hold=2)],
-                         ids=["binary", "probability-binarized", "binary-hold3", "probability-hold2"])
+                                     dict(success_hold=3), dict(reward_mode="probability", success_hold=2),
+                                     dict(reward_source="decoded_state"),
+                                     dict(reward_source="decoded_state", success_hold=2)],
+                         ids=["binary", "probability-binarized", "binary-hold3", "probability-hold2", "decoded-state",
+                              "decoded-state-hold2"])
 def test_scan_equals_unrolled_reference(options):
-    models, actor_ft, pool = tiny_models()
-    spec = specs.rollout_spec(tiny_config(**options))
-    env = init_env_state(pool, 4, jax.random.key(1))
+    config = tiny_config(**options)
+    if config.ppo.reward_source == "decoded_state":
+        config.wm.variant = "state"
+        models, actor_ft, pool = decoded_state_models(scale=3.0)
+    else:
+        models, actor_ft, pool = tiny_models()
+    spec = specs.rollout_spec(config)
+    env = init_env_state(pool, 4, jax.random.key(1), spec.start_scene_dim)
     # two consecutive rollouts: the second starts mid-episode (carried counters, returns, firsts)
     for key in jax.random.split(jax.random.key(2), 2):
         rollout, new_env = imagine_rollout(models, actor_ft, env, pool, key, spec=spec)
-        expected, final, (latent, wm_steps, first, ep_return) = reference_rollout(models, actor_ft, env, pool, key,
-                                                                                   spec)
+        expected, final, (latent, wm_steps, first, ep_return, start_scene) = reference_rollout(
+            models, actor_ft, env, pool, key, spec)
         for name, value in expected.items():
             # a log-density amplifies float32 rounding of the mean by |x - mu| / std^2 (up to 3 / 0.1 here)
             tol = 1e-4 if name == "logprobs" else 1e-5
@@ -157,6 +191,10 @@ def test_scan_equals_unrolled_reference(options):
         np.testing.assert_array_equal(new_env.wm_steps, wm_steps)
         np.testing.assert_array_equal(new_env.first, first)
         np.testing.assert_allclose(new_env.episode_return, ep_return, rtol=1e-6)
+        if start_scene is not None:  # the start scenes of the episodes still running
+            running = ~first
+            np.testing.assert_allclose(np.asarray(new_env.start_scene)[running], start_scene[running], rtol=1e-5,
+                                       atol=1e-5)
         env = new_env
     assert rollout.chains.shape == (3, 4, 3 + 1, 4, 7) and rollout.logprobs.shape == (3, 4, 3, 4, 7)
     # the case is not degenerate: successes, failures, truncations and resets all happen
@@ -175,12 +213,12 @@ def test_held_success_needs_the_classifier_on_each_of_the_chunks_last_steps():
     fires = logits[..., 1] > logits[..., 0]  # (4, 64)
     outcomes = []
     for hold in (1, 2, 4):
-        reward, terminated = chunk_reward(models.classifier, jnp.asarray(features), "binary", hold)
+        reward, terminated = chunk_reward(models, spec, jnp.asarray(features), "binary", hold)
         np.testing.assert_array_equal(np.asarray(terminated), fires[4 - hold:].all(0))
         np.testing.assert_array_equal(np.asarray(reward), fires[4 - hold:].all(0).astype(np.float32))
         outcomes.append(np.asarray(terminated))
     assert outcomes[0].sum() > outcomes[1].sum() > outcomes[2].sum()  # each extra step rejects some firings
-    probability, _ = chunk_reward(models.classifier, jnp.asarray(features), "probability", 2)
+    probability, _ = chunk_reward(models, spec, jnp.asarray(features), "probability", 2)
     np.testing.assert_allclose(np.asarray(probability), jax.nn.softmax(logits, -1)[..., 1][2:].min(0), rtol=1e-6)
 
 

@@ -10,6 +10,7 @@ from diwa_jax import config as configlib
 from diwa_jax import evaluate, specs, transfer
 from diwa_jax.data.preprocess import compute_norm_stats
 from diwa_jax.envs.batch import SimulatorBatch
+from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.reward.classifier import init_classifier
 from tests.test_evaluate import DrawerEnv, _models
 
@@ -36,9 +37,11 @@ def test_real_imagined_and_replayed_success_from_the_same_starts(tiny_config, tm
     envs = [DrawerEnv(), DrawerEnv()]
     batch = SimulatorBatch.local(envs, evaluate.observation_transform(world_model, stats, config.data.image_size))
     classifier = _classifier(config, world_model.spec.feature_dim, fires)
-    common = dict(classifier=classifier, reward_mode="binary", success_hold=1, world_model=world_model, starts=(robot, scene),
-                  envs=batch, key=jax.random.key(3))
-    result = transfer.transfer_diagnostic(spec, "open_drawer", specs.policy_schedule(config), actor, actor, **common)
+    models = FrozenModels(wm=world_model.params, classifier=classifier, actor_pre=actor,
+                          schedule=specs.policy_schedule(config))
+    common = dict(reward_mode="binary", success_hold=1, world_model=world_model, starts=(robot, scene), envs=batch,
+                  key=jax.random.key(3))
+    result = transfer.transfer_diagnostic(spec, "open_drawer", models, actor, **common)
 
     assert result["episode_real"] == [True, True, False]
     if fires:  # success claimed after the first chunk: its 4 actions open the drawer only for the first start
@@ -64,8 +67,7 @@ def test_real_imagined_and_replayed_success_from_the_same_starts(tiny_config, tm
         n = min(len(real), len(replayed), spec.act_steps)
         np.testing.assert_allclose(replayed[:n], real[:n], atol=1e-6)
     assert result["first_chunk_rms_from_pretrained"] == 0.0
-    moved = transfer.transfer_diagnostic(spec, "open_drawer", specs.policy_schedule(config), actor, other_actor,
-                                         **common)
+    moved = transfer.transfer_diagnostic(spec, "open_drawer", models, other_actor, **common)
     assert moved["first_chunk_rms_from_pretrained"] > 0.0
 
 

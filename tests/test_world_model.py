@@ -419,3 +419,12 @@ def test_inverse_dynamics_learns_the_moving_square():
     actions = moving_square_batch()["prev_action"][:, 1:].reshape(-1, 7)
     constant_prediction = 0.5 * np.sum(np.var(actions, axis=0))
     assert np.mean(losses[-5:]) < 0.5 * constant_prediction, (losses, constant_prediction)
+
+
+@pytest.mark.parametrize("variant", ["hybrid", "state"])
+def test_decode_state_is_the_decoders_state_head_alone(variant):
+    spec, params = tiny_spec(variant), tiny_params(variant)
+    feature = jax.random.normal(jax.random.key(1), (3, 5, spec.feature_dim))
+    np.testing.assert_array_equal(wm.decode_state(params, spec, feature), wm.decode(params, spec, feature)["state"])
+    with pytest.raises(ValueError, match="no state head"):
+        wm.decode_state(tiny_params("vision"), tiny_spec("vision"), feature)

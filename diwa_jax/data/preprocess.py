@@ -151,7 +151,11 @@ class NormStats:
         return ((state - self.state_min) / self._scale(self.state_min, self.state_max)).astype(np.float32)
 
     def denormalize_state(self, state: np.ndarray) -> np.ndarray:
-        return np.asarray(state, np.float64) * self._scale(self.state_min, self.state_max) + self.state_min
+        return np.asarray(state, np.float64) * self.state_scale() + self.state_min
+
+    def state_scale(self) -> np.ndarray:
+        """``denormalize_state(x) = x * state_scale() + state_min``, for code that denormalises in JAX."""
+        return self._scale(self.state_min, self.state_max)
 
     def to_json(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(self).items()}

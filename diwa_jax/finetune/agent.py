@@ -116,7 +116,7 @@ def create_finetune_state(spec: FinetuneSpec, key: jax.Array, actor_pre: dict, s
     scaler, ``spec.n_envs`` episodes started from ``start_pool``."""
     critic_key, env_key, key = jax.random.split(key, 3)
     return _iteration_zero(spec, critic_key, key, actor_pre, start_pool.feature().shape[-1],
-                           init_env_state(start_pool, spec.n_envs, env_key))
+                           init_env_state(start_pool, spec.n_envs, env_key, spec.rollout.start_scene_dim))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

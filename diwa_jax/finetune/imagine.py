@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diwa_jax.envs import tasks
 from diwa_jax.policy.sampling import sample_chain
 from diwa_jax.policy.schedule import DDPMSchedule
 from diwa_jax.reward.classifier import REWARD_MODES, classifier_logits, reward_from_logits
@@ -30,14 +31,42 @@ from diwa_jax.world_model import model as wm
 SUCCESS_THRESHOLD = {"binary": 0.0, "probability": 0.5}
 
 
-def chunk_reward(classifier: dict, features: jnp.ndarray, reward_mode: str, success_hold: int):
+REWARD_SOURCES = ("classifier", "decoded_state")
+
+
+@struct.dataclass
+class SceneReward:
+    """The latent-decoder reward (spec section 2.5, "Hybrid WM + latent decoder"): the task's oracle on the
+    scene the world model's state head decodes from a latent vs the scene it decodes from the episode's
+    first latent (hybrid/state variants)."""
+
+    state_min: jnp.ndarray  # (state_dim,) the data's state normalisation: state = x * state_scale + state_min
+    state_scale: jnp.ndarray  # (state_dim,)
+    task: str = struct.field(pytree_node=False)
+
+
+def decoded_scene(wm_params, spec: wm.WorldModelSpec, scene_reward: SceneReward, features: jnp.ndarray) -> jnp.ndarray:
+    """``(..., F)`` -> the scene part of the decoded state ``(..., state_dim - proprio_dim)`` in the data's
+    units; its first entries are ``scene_obs``'s joints and lights, all the task predicates read."""
+    state = wm.decode_state(wm_params, spec, features) * scene_reward.state_scale + scene_reward.state_min
+    return state[..., spec.proprio_dim:]
+
+
+def chunk_reward(models: FrozenModels, spec: wm.WorldModelSpec, features: jnp.ndarray, reward_mode: str,
+                 success_hold: int, start_scene: jnp.ndarray | None = None):
     """The reward of a chunk from ``features (act_steps, ..., F)``, the latents after each of its actions:
-    the smallest classifier reward over the last ``success_hold`` of them (1: the post-chunk latent alone,
-    the paper). The tasks' successes are states that persist, so requiring several steps rejects the
-    classifier's one-step firings. Returns ``(reward, terminated)``, both ``(...)``."""
-    rewards = reward_from_logits(classifier_logits(classifier, features[-success_hold:]), reward_mode)
-    reward = jnp.min(rewards, axis=0)
-    return reward, reward > SUCCESS_THRESHOLD[reward_mode]
+    the smallest reward over the last ``success_hold`` of them (1: the post-chunk latent alone, the paper).
+    The reward is the classifier's, or with ``models.scene_reward`` the task's oracle between
+    ``start_scene (..., S)`` and each latent's decoded scene. The tasks' successes are states that persist,
+    so requiring several steps rejects one-step firings. Returns ``(reward, terminated)``, both ``(...)``."""
+    held = features[-success_hold:]
+    if models.scene_reward is None:
+        rewards = reward_from_logits(classifier_logits(models.classifier, held), reward_mode)
+        reward = jnp.min(rewards, axis=0)
+        return reward, reward > SUCCESS_THRESHOLD[reward_mode]
+    scene = decoded_scene(models.wm, spec, models.scene_reward, held)
+    terminated = jnp.all(tasks.success(models.scene_reward.task, start_scene, scene, xp=jnp), axis=0)
+    return terminated.astype(jnp.float32), terminated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +86,24 @@ class RolloutSpec:
     denoised_clip: float
     reward_mode: str
     binarize_gripper: bool
-    success_hold: int  # world-model steps at a chunk's end the classifier must all call success
+    success_hold: int  # world-model steps at a chunk's end the reward must all call success
+    reward_source: str  # classifier | decoded_state (the FrozenModels' scene_reward)
 
     def __post_init__(self):
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"config.ppo.reward_mode={self.reward_mode!r}: choose one of {', '.join(REWARD_MODES)}")
+        if self.reward_source not in REWARD_SOURCES or (self.reward_source == "decoded_state"
+                                                        and not self.wm.uses_state):
+            raise ValueError(f"config.ppo.reward_source={self.reward_source!r}: choose one of "
+                             f"{', '.join(REWARD_SOURCES)} (decoded_state needs config.wm.variant hybrid or state)")
         if not 1 <= self.act_steps <= self.horizon:
             raise ValueError(f"config.policy.act_steps={self.act_steps} must lie in [1, config.policy.horizon="
                              f"{self.horizon}]")
+
+    @property
+    def start_scene_dim(self) -> int:
+        """Width of ``EnvState.start_scene``: the decoded scene with the decoded-state reward, else 0 (None)."""
+        return self.wm.state_dim - self.wm.proprio_dim if self.reward_source == "decoded_state" else 0
 
 
 @struct.dataclass
@@ -75,6 +114,7 @@ class FrozenModels:
     classifier: dict  # reward-classifier params
     actor_pre: dict  # pre-trained denoiser params, used for the steps t >= K'
     schedule: DDPMSchedule
+    scene_reward: SceneReward | None = None  # the reward instead of the classifier (reward_source decoded_state)
 
 
 @struct.dataclass
@@ -85,6 +125,8 @@ class EnvState:
     wm_steps: jnp.ndarray  # (N,) int32 world-model steps taken in the current episode
     first: jnp.ndarray  # (N,) bool: the current latent starts an episode
     episode_return: jnp.ndarray  # (N,) float32 raw rewards summed over the current episode
+    # (N, S) the decoded scene of the episode's first latent (decoded-state reward only; set on its first step)
+    start_scene: jnp.ndarray | None = None
 
 
 @struct.dataclass
@@ -114,13 +156,14 @@ def draw_starts(start_pool: Latent, n: int, key: jax.Array) -> Latent:
     return jax.tree.map(lambda x: x[index], start_pool)
 
 
-def init_env_state(start_pool: Latent, n_envs: int, key: jax.Array) -> EnvState:
-    """N fresh episodes from random start latents."""
+def init_env_state(start_pool: Latent, n_envs: int, key: jax.Array, start_scene_dim: int = 0) -> EnvState:
+    """N fresh episodes from random start latents (``start_scene_dim``: ``RolloutSpec.start_scene_dim``)."""
     if start_pool.deter.ndim != 2 or start_pool.stoch.ndim != 3:
         raise ValueError(f"diwa_jax/finetune/imagine.py: start_pool must be a Latent (P, D) / (P, S, C); got deter "
                          f"{start_pool.deter.shape}, stoch {start_pool.stoch.shape}")
     return EnvState(latent=draw_starts(start_pool, n_envs, key), wm_steps=jnp.zeros((n_envs,), jnp.int32),
-                    first=jnp.ones((n_envs,), bool), episode_return=jnp.zeros((n_envs,), jnp.float32))
+                    first=jnp.ones((n_envs,), bool), episode_return=jnp.zeros((n_envs,), jnp.float32),
+                    start_scene=jnp.zeros((n_envs, start_scene_dim), jnp.float32) if start_scene_dim else None)
 
 
 def executed_gripper(actions: jnp.ndarray) -> jnp.ndarray:
@@ -160,7 +203,11 @@ def _chunk_step(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, start_p
     feature = env.latent.feature()
     chunk, chain, logprob = sample_policy(models, actor_ft, spec, feature, policy_key)
     latent, features = execute_chunk(models.wm, spec, env.latent, chunk, wm_key)
-    reward, terminated = chunk_reward(models.classifier, features, spec.reward_mode, spec.success_hold)
+    start_scene = env.start_scene
+    if start_scene is not None:  # an episode's first step decodes its start scene
+        start_scene = jnp.where(env.first[:, None], decoded_scene(models.wm, spec.wm, models.scene_reward, feature),
+                                start_scene)
+    reward, terminated = chunk_reward(models, spec.wm, features, spec.reward_mode, spec.success_hold, start_scene)
     wm_steps = env.wm_steps + spec.act_steps
     truncated = wm_steps >= spec.episode_len
     done = terminated | truncated
@@ -170,7 +217,8 @@ def _chunk_step(models: FrozenModels, actor_ft: dict, spec: RolloutSpec, start_p
         latent=_select(done, draw_starts(start_pool, n, reset_key), latent),
         wm_steps=jnp.where(done, 0, wm_steps),
         first=done,
-        episode_return=jnp.where(done, 0.0, episode_return))
+        episode_return=jnp.where(done, 0.0, episode_return),
+        start_scene=start_scene)
     step = dict(features=feature, chains=chain, logprobs=logprob, rewards=reward, terminated=terminated,
                 truncated=truncated, firsts=env.first, episode_returns=jnp.where(done, episode_return, 0.0))
     return next_env, step

@@ -34,10 +34,9 @@ from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.config import COSMETIC, finalize, preset_defaults, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
-from diwa_jax.finetune.imagine import FrozenModels
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, make_env
-from diwa_jax.stages.finetune import transfer_point
+from diwa_jax.stages.finetune import frozen_models, transfer_point
 from diwa_jax.stages.start_lists import LISTS, start_list
 from diwa_jax.videos import write_task_videos
 
@@ -68,17 +67,15 @@ def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int
     ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it
     (``success_hold``: judge imagined success as ``config.ppo.success_hold`` would, default the run's)."""
     if policy not in ("pretrained", "finetuned"):
-        raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the world model's classifier, so "
+        raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the fine-tuning reward, so "
                          "pretrained or finetuned")
     if not 0 < starts <= config.ppo.n_start_states:
         raise ValueError(f"--transfer {starts}: choose 1 .. config.ppo.n_start_states={config.ppo.n_start_states}")
     if success_hold is not None and not 1 <= success_hold <= config.policy.act_steps:
         raise ValueError(f"--success_hold {success_hold}: choose 1 .. config.policy.act_steps="
                          f"{config.policy.act_steps}")
-    schedule, actor_pre = artifacts.load_policy(config, task)
-    actor = actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
-    models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
-                          schedule=schedule)
+    models = frozen_models(config, task, world_model, artifacts.caches(config)["training"].stats)
+    actor = models.actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
     iteration = 0 if policy == "pretrained" else artifacts.finetune_summary(config, task, seed_index)["iterations"]
     return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts,
                           success_hold=success_hold)

@@ -35,6 +35,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diwa_jax import artifacts, distributed
@@ -46,7 +47,7 @@ from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs import tasks
 from diwa_jax.evaluate import encode_observation, evaluate_policy
 from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
-from diwa_jax.finetune.imagine import FrozenModels
+from diwa_jax.finetune.imagine import FrozenModels, SceneReward
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record, scene_geometry
 from diwa_jax.stages.start_lists import sampled_starts, start_list, window_starts
@@ -200,6 +201,19 @@ class PeriodicEvaluation:
         return result
 
 
+def frozen_models(config, task: str, world_model: WorldModel, stats) -> FrozenModels:
+    """What fine-tuning ``task`` reads and never changes: the world model, the pre-trained policy, and the
+    reward: the task's classifier, and with ``ppo.reward_source='decoded_state'`` the oracle on the scenes
+    the world model decodes (denormalised with the training split's ``stats``), which replaces it."""
+    schedule, actor_pre = artifacts.load_policy(config, task)
+    scene_reward = None
+    if config.ppo.reward_source == "decoded_state":
+        scene_reward = SceneReward(state_min=jnp.asarray(stats.state_min, jnp.float32),
+                                   state_scale=jnp.asarray(stats.state_scale(), jnp.float32), task=task)
+    return FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
+                        schedule=schedule, scene_reward=scene_reward)
+
+
 def transfer_point(config, task: str, seed_index: int, models: FrozenModels, actor: dict, iteration: int,
                    world_model: WorldModel, envs, starts: int | None = None, success_hold: int | None = None) -> dict:
     """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first ``starts``
@@ -208,8 +222,7 @@ def transfer_point(config, task: str, seed_index: int, models: FrozenModels, act
     ``config.ppo.success_hold``)."""
     robot, scene = simulator_start_states(config, task, config.ppo.n_start_states, seed_index)
     n = config.ppo.transfer_starts if starts is None else starts
-    result = transfer_diagnostic(eval_spec(config), task, models.schedule, models.actor_pre, actor,
-                                 classifier=models.classifier, reward_mode=config.ppo.reward_mode,
+    result = transfer_diagnostic(eval_spec(config), task, models, actor, reward_mode=config.ppo.reward_mode,
                                  success_hold=config.ppo.success_hold if success_hold is None else success_hold,
                                  world_model=world_model, starts=(robot[:n], scene[:n]), envs=envs,
                                  key=stage_key(config, f"finetune/{task}/seed{seed_index}/transfer"))
@@ -229,9 +242,8 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
     periodic evaluations."""
     started = time.time()
     ppo = config.ppo
-    schedule, actor_pre = artifacts.load_policy(config, task)
-    models = FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
-                          schedule=schedule)
+    models = frozen_models(config, task, world_model, stats)
+    schedule, actor_pre = models.schedule, models.actor_pre
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, seed_index, world_model, stats, counting)
     state = create_finetune_state(finetune_spec(config), stage_key(config, f"finetune/{task}/seed{seed_index}"),

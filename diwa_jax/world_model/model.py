@@ -273,6 +273,15 @@ def decode(params, spec: WorldModelSpec, feature: jnp.ndarray) -> dict:
     return {name: value.reshape(*lead, *value.shape[1:]) for name, value in out.items()}
 
 
+def decode_state(params, spec: WorldModelSpec, feature: jnp.ndarray) -> jnp.ndarray:
+    """feature (..., D + S*C) -> the state head's normalised state (..., 51), without the image decoders
+    (hybrid/state variants): ``decode(...)["state"]`` at the cost of one MLP."""
+    if not spec.uses_state:
+        raise ValueError(f"decode_state: variant {spec.variant!r} has no state head; use 'hybrid' or 'state'")
+    head = StateMLP(spec.state_hidden, spec.state_dim)
+    return head.apply({"params": params["decoder"]["state_head"]}, feature)
+
+
 def _check_batch(batch: dict, spec: WorldModelSpec, where: str) -> tuple[int, int]:
     lead = _check_obs(batch, spec, where)
     if len(lead) != 2:
