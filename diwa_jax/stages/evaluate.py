@@ -62,10 +62,11 @@ def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list
 
 
 def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model,
-                    success_hold: int | None = None) -> dict:
+                    success_hold: int | None = None, reward_source: str | None = None) -> dict:
     """The transfer diagnostic of one stored policy (``pretrained`` or fine-tuning seed ``seed_index``'s
     ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it
-    (``success_hold``: judge imagined success as ``config.ppo.success_hold`` would, default the run's)."""
+    (``success_hold``, ``reward_source``: judge imagined success as ``config.ppo.success_hold`` and
+    ``config.ppo.reward_source`` would, default the run's)."""
     if policy not in ("pretrained", "finetuned"):
         raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the fine-tuning reward, so "
                          "pretrained or finetuned")
@@ -74,7 +75,10 @@ def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int
     if success_hold is not None and not 1 <= success_hold <= config.policy.act_steps:
         raise ValueError(f"--success_hold {success_hold}: choose 1 .. config.policy.act_steps="
                          f"{config.policy.act_steps}")
-    models = frozen_models(config, task, world_model, artifacts.caches(config)["training"].stats)
+    if reward_source == "decoded_state" and not world_model.spec.uses_state:
+        raise ValueError(f"--reward_source decoded_state: the run's world model (variant {world_model.spec.variant!r}) "
+                         "has no state head; use a hybrid or state run")
+    models = frozen_models(config, task, world_model, artifacts.caches(config)["training"].stats, reward_source)
     actor = models.actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
     iteration = 0 if policy == "pretrained" else artifacts.finetune_summary(config, task, seed_index)["iterations"]
     return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts,
@@ -385,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--success_hold", type=int, default=None, metavar="M",
                         help="with --transfer: imagined success as config.ppo.success_hold=M judges it (default: "
                              "the run's)")
+    parser.add_argument("--reward_source", choices=("classifier", "decoded_state"), default=None,
+                        help="with --transfer: imagined success as config.ppo.reward_source judges it (default: the "
+                             "run's)")
     parser.add_argument("--envs", type=int, default=None, help="simulators in lockstep (default: the run's eval.envs)")
     parser.add_argument("--workers", type=int, default=None,
                         help="simulator processes, 0 = in this one (default: the run's eval.workers)")
@@ -400,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"task": args.task, "policy": args.policy, "seed_index": args.seed_index,
                                   **diagnose_stored(config, args.task, args.policy, args.seed_index, args.transfer,
                                                     envs=envs, world_model=world_model,
-                                                    success_hold=args.success_hold)}))
+                                                    success_hold=args.success_hold,
+                                                    reward_source=args.reward_source)}))
                 return 0
             result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
                                      ft_steps=args.ft_denoising_steps, envs=envs, world_model=world_model)

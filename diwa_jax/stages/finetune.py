@@ -201,13 +201,15 @@ class PeriodicEvaluation:
         return result
 
 
-def frozen_models(config, task: str, world_model: WorldModel, stats) -> FrozenModels:
+def frozen_models(config, task: str, world_model: WorldModel, stats,
+                  reward_source: str | None = None) -> FrozenModels:
     """What fine-tuning ``task`` reads and never changes: the world model, the pre-trained policy, and the
-    reward: the task's classifier, and with ``ppo.reward_source='decoded_state'`` the oracle on the scenes
-    the world model decodes (denormalised with the training split's ``stats``), which replaces it."""
+    reward: the task's classifier, and with ``reward_source`` (default ``ppo.reward_source``) 'decoded_state'
+    the oracle on the scenes the world model decodes (denormalised with the training split's ``stats``),
+    which replaces it."""
     schedule, actor_pre = artifacts.load_policy(config, task)
     scene_reward = None
-    if config.ppo.reward_source == "decoded_state":
+    if (config.ppo.reward_source if reward_source is None else reward_source) == "decoded_state":
         scene_reward = SceneReward(state_min=jnp.asarray(stats.state_min, jnp.float32),
                                    state_scale=jnp.asarray(stats.state_scale(), jnp.float32), task=task)
     return FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
