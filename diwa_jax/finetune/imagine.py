@@ -3,9 +3,10 @@
 N envs step in parallel along a leading axis. One chunk step: sample a denoising chain with the current
 policy (frozen pre-trained params for steps t >= K', fine-tuned params below), run the chunk's first
 ``act_steps`` actions through the world-model prior, score the post-chunk latent (the chunk's last
-``success_hold`` latents) with the reward classifier, terminate on success, truncate when the env's world-model
-step counter reaches the episode length, and reset finished envs to latents drawn from a pool of start latents. Chunk steps are a ``lax.scan``; inside each, the
-world-model steps and the denoising steps are ``lax.scan``s too.
+``success_hold`` latents) with the reward classifier (or the oracle on decoded scenes), terminate on success,
+truncate when the env's world-model step counter reaches the episode length, and reset finished envs to latents
+drawn from a pool of start latents. Chunk steps are a ``lax.scan``; inside each, the world-model steps and the
+denoising steps are ``lax.scan``s too.
 
 Randomness: chunk step t uses ``split(key, H)[t]``, split into (policy, world model, reset) keys; the world-model
 key is split into ``act_steps`` keys, one per ``img_step`` in time order.
