@@ -167,6 +167,19 @@ def test_the_transfer_diagnostic_is_tabulated_and_reproduced_standalone(full_run
         assert got[key] == value, key
 
 
+def test_the_diagnostics_what_if_reward_is_validated_as_a_config(full_run):
+    workdir, _ = full_run
+    for flags, key in ((["--success_hold", "5"], "config.ppo.success_hold"),  # > policy.act_steps = 4
+                       (["--reward_source", "decoded_state"], "config.ppo.reward_source")):  # a vision run
+        out = subprocess.run([sys.executable, "-m", "diwa_jax.stages.evaluate", "--workdir", str(workdir), "--task",
+                              TASK, "--policy", "pretrained", "--transfer", "2", *flags], capture_output=True,
+                             text=True, cwd=REPO, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+        assert out.returncode == 2 and key in out.stderr, out.stderr[-2000:]
+    judged = evaluate_stage.judged_with(evaluate_stage.workdir_config(str(workdir)), str(workdir),
+                                        **{"ppo.success_hold": 3, "ppo.reward_source": None})
+    assert judged.ppo.success_hold == 3 and judged.ppo.reward_source == "classifier"
+
+
 def test_a_stored_start_list_made_under_other_values_is_refused(full_run, tmp_path):
     workdir, _ = full_run
     shutil.copytree(workdir / "starts", tmp_path / "starts")

@@ -34,6 +34,7 @@ from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.config import COSMETIC, finalize, preset_defaults, stage_key
 from diwa_jax.errors import ExpectedFailure
 from diwa_jax.evaluate import evaluate_policy
+from diwa_jax.finetune.imagine import REWARD_SOURCES
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, make_env
 from diwa_jax.stages.finetune import frozen_models, transfer_point
@@ -61,28 +62,19 @@ def evaluate_stored(config, task: str, policy: str, *, seed_index: int = 0, list
     return {**result, "start_list": starts.describe()}
 
 
-def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model,
-                    success_hold: int | None = None, reward_source: str | None = None) -> dict:
+def diagnose_stored(config, task: str, policy: str, seed_index: int, starts: int, *, envs, world_model) -> dict:
     """The transfer diagnostic of one stored policy (``pretrained`` or fine-tuning seed ``seed_index``'s
-    ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it
-    (``success_hold``, ``reward_source``: judge imagined success as ``config.ppo.success_hold`` and
-    ``config.ppo.reward_source`` would, default the run's)."""
+    ``finetuned``) on the first ``starts`` states of that seed's start stream, as fine-tuning runs it (imagined
+    success judged by ``config``'s reward: the run's, or ``judged_with``'s)."""
     if policy not in ("pretrained", "finetuned"):
         raise ValueError(f"--policy {policy!r}: the transfer diagnostic needs the fine-tuning reward, so "
                          "pretrained or finetuned")
     if not 0 < starts <= config.ppo.n_start_states:
         raise ValueError(f"--transfer {starts}: choose 1 .. config.ppo.n_start_states={config.ppo.n_start_states}")
-    if success_hold is not None and not 1 <= success_hold <= config.policy.act_steps:
-        raise ValueError(f"--success_hold {success_hold}: choose 1 .. config.policy.act_steps="
-                         f"{config.policy.act_steps}")
-    if reward_source == "decoded_state" and not world_model.spec.uses_state:
-        raise ValueError(f"--reward_source decoded_state: the run's world model (variant {world_model.spec.variant!r}) "
-                         "has no state head; use a hybrid or state run")
-    models = frozen_models(config, task, world_model, artifacts.caches(config)["training"].stats, reward_source)
+    models = frozen_models(config, task, world_model, artifacts.caches(config)["training"].stats)
     actor = models.actor_pre if policy == "pretrained" else artifacts.load_finetuned_actor(config, task, seed_index)
     iteration = 0 if policy == "pretrained" else artifacts.finetune_summary(config, task, seed_index)["iterations"]
-    return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts,
-                          success_hold=success_hold)
+    return transfer_point(config, task, seed_index, models, actor, iteration, world_model, envs, starts=starts)
 
 
 def _rate(result: dict) -> dict:
@@ -371,6 +363,19 @@ def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict
     return finalize(config, workdir)
 
 
+def judged_with(config, workdir: str, **reward) -> ml_collections.FrozenConfigDict:
+    """A finished run's ``config`` with other values of the keys that judge imagined success (dotted key ->
+    value, None: the run's), for the transfer diagnostic's what-ifs; validated as every config is."""
+    plain = config.to_dict()
+    plain.pop("derived", None)
+    out = ml_collections.ConfigDict(plain)
+    for dotted, value in reward.items():
+        if value is not None:
+            section, name = dotted.split(".")
+            out[section][name] = value
+    return finalize(out, workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m diwa_jax.stages.evaluate",
@@ -389,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--success_hold", type=int, default=None, metavar="M",
                         help="with --transfer: imagined success as config.ppo.success_hold=M judges it (default: "
                              "the run's)")
-    parser.add_argument("--reward_source", choices=("classifier", "decoded_state"), default=None,
+    parser.add_argument("--reward_source", choices=REWARD_SOURCES, default=None,
                         help="with --transfer: imagined success as config.ppo.reward_source judges it (default: the "
                              "run's)")
     parser.add_argument("--envs", type=int, default=None, help="simulators in lockstep (default: the run's eval.envs)")
@@ -398,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = workdir_config(args.workdir, **{"eval.envs": args.envs, "eval.workers": args.workers})
+        if args.transfer:
+            config = judged_with(config, args.workdir, **{"ppo.success_hold": args.success_hold,
+                                                          "ppo.reward_source": args.reward_source})
         if args.task not in config.tasks:
             raise ValueError(f"--task {args.task!r}: the run has tasks {', '.join(config.tasks)}")
         world_model = artifacts.load_world_model(config)
@@ -406,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.transfer:
                 print(json.dumps({"task": args.task, "policy": args.policy, "seed_index": args.seed_index,
                                   **diagnose_stored(config, args.task, args.policy, args.seed_index, args.transfer,
-                                                    envs=envs, world_model=world_model,
-                                                    success_hold=args.success_hold,
-                                                    reward_source=args.reward_source)}))
+                                                    envs=envs, world_model=world_model)}))
                 return 0
             result = evaluate_stored(config, args.task, args.policy, seed_index=args.seed_index, list_name=args.starts,
                                      ft_steps=args.ft_denoising_steps, envs=envs, world_model=world_model)

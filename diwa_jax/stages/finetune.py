@@ -201,15 +201,13 @@ class PeriodicEvaluation:
         return result
 
 
-def frozen_models(config, task: str, world_model: WorldModel, stats,
-                  reward_source: str | None = None) -> FrozenModels:
+def frozen_models(config, task: str, world_model: WorldModel, stats) -> FrozenModels:
     """What fine-tuning ``task`` reads and never changes: the world model, the pre-trained policy, and the
-    reward: the task's classifier, and with ``reward_source`` (default ``ppo.reward_source``) 'decoded_state'
-    the oracle on the scenes the world model decodes (denormalised with the training split's ``stats``),
-    which replaces it."""
+    reward: the task's classifier, and with ``ppo.reward_source='decoded_state'`` the oracle on the scenes
+    the world model decodes (denormalised with the training split's ``stats``), which replaces it."""
     schedule, actor_pre = artifacts.load_policy(config, task)
     scene_reward = None
-    if (config.ppo.reward_source if reward_source is None else reward_source) == "decoded_state":
+    if config.ppo.reward_source == "decoded_state":
         scene_reward = SceneReward(state_min=jnp.asarray(stats.state_min, jnp.float32),
                                    state_scale=jnp.asarray(stats.state_scale(), jnp.float32), task=task)
     return FrozenModels(wm=world_model.params, classifier=artifacts.load_reward(config, task), actor_pre=actor_pre,
@@ -217,15 +215,14 @@ def frozen_models(config, task: str, world_model: WorldModel, stats,
 
 
 def transfer_point(config, task: str, seed_index: int, models: FrozenModels, actor: dict, iteration: int,
-                   world_model: WorldModel, envs, starts: int | None = None, success_hold: int | None = None) -> dict:
+                   world_model: WorldModel, envs, starts: int | None = None) -> dict:
     """The transfer diagnostic (``diwa_jax/transfer.py``) of ``actor`` at ``iteration`` on the first ``starts``
     (default ``config.ppo.transfer_starts``) states of the seed's simulator start stream (the start pool's own
-    states with ``start_source='simulator'``), imagined success judged with ``success_hold`` (default
-    ``config.ppo.success_hold``)."""
+    states with ``start_source='simulator'``)."""
     robot, scene = simulator_start_states(config, task, config.ppo.n_start_states, seed_index)
     n = config.ppo.transfer_starts if starts is None else starts
     result = transfer_diagnostic(eval_spec(config), task, models, actor, reward_mode=config.ppo.reward_mode,
-                                 success_hold=config.ppo.success_hold if success_hold is None else success_hold,
+                                 success_hold=config.ppo.success_hold,
                                  world_model=world_model, starts=(robot[:n], scene[:n]), envs=envs,
                                  key=stage_key(config, f"finetune/{task}/seed{seed_index}/transfer"))
     return {"iteration": iteration, **result}
