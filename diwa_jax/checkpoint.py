@@ -104,12 +104,40 @@ class Checkpointer:
         args = {name: ocp.args.StandardRestore({"value": _abstract(t)}) for name, t in targets.items()}
         try:
             restored = self._manager.restore(int(step), args=ocp.args.Composite(**args))
+            restored = {name: restored[name]["value"] for name in targets}
         except (ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(
-                f"cannot restore items {sorted(targets)} of step {step} from {self.directory}: {e}. "
+            # a field added later as None (no data) is absent from older checkpoints: match leaves by path
+            restored = self._restore_by_path(step, targets, e)
+        return {name: _data_to_keys(restored[name], t) for name, t in targets.items()}
+
+    def _restore_by_path(self, step: int, targets: Mapping[str, Any], cause: Exception) -> dict[str, Any]:
+        """Restore without a target and rebuild each target from its leaves' paths. Refused unless the
+        stored arrays and the target's arrays are the same set of paths with the same shapes."""
+        def refuse(why: str) -> CheckpointError:
+            return CheckpointError(
+                f"cannot restore items {sorted(targets)} of step {step} from {self.directory}: {why}. "
                 "The checkpoint was written by a different config or code version; use a new --workdir "
-                "or delete this folder to retrain.") from e
-        return {name: _data_to_keys(restored[name]["value"], t) for name, t in targets.items()}
+                "or delete this folder to retrain.")
+        try:
+            raw = self._manager.restore(int(step), args=ocp.args.Composite(
+                **{name: ocp.args.StandardRestore() for name in targets}))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise refuse(str(e)) from e
+        out = {}
+        for name, target in targets.items():
+            stored = dict(jax.tree_util.tree_flatten_with_path(raw[name]["value"])[0])
+            stored = {_path_key(p): v for p, v in stored.items()}
+            wanted, treedef = jax.tree_util.tree_flatten_with_path(_abstract(target))
+            leaves = []
+            for path, like in wanted:
+                value = stored.pop(_path_key(path), None)
+                if value is None or getattr(value, "shape", None) != getattr(like, "shape", None):
+                    raise refuse(str(cause)) from cause
+                leaves.append(value)
+            if stored:
+                raise refuse(f"stored {sorted(stored)} not in the target") from cause
+            out[name] = jax.tree.unflatten(treedef, leaves)
+        return out
 
     def restore_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -117,6 +145,16 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         return self._manager.restore(int(step), args=ocp.args.Composite(
             **{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+
+
+def _path_key(path: tuple) -> tuple[str, ...]:
+    """A leaf's path as strings, the same for a dataclass field, a dict key and a sequence index."""
+    def part(k):
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return tuple(part(k) for k in path)
 
 
 def _json_default(x: Any) -> Any:

@@ -81,6 +81,36 @@ def test_wrong_structure_is_a_clear_error(tmp_path):
             ck.restore({"params": {"dense": {"kernel": jnp.zeros((9, 9)), "bias": jnp.zeros(3)}}})
 
 
+def test_field_added_as_none_restores_older_checkpoints(tmp_path):
+    """A state that gained an optional field (None unless used) restores checkpoints written before it;
+    a gained field that holds data is refused."""
+    from flax import struct
+
+    @struct.dataclass
+    class Before:
+        latent: jnp.ndarray
+        key: jax.Array
+
+    @struct.dataclass
+    class After:
+        latent: jnp.ndarray
+        key: jax.Array
+        start_scene: jnp.ndarray | None = None
+
+    before = Before(jnp.arange(6.0).reshape(2, 3), jax.random.key(3))
+    with Checkpointer(str(tmp_path)) as ck:
+        ck.save(1, {"env": before, "step": jnp.int32(4)})
+    with Checkpointer(str(tmp_path)) as ck:
+        got = ck.restore({"env": After(jnp.zeros((2, 3)), jax.random.key(0)), "step": jnp.int32(0)})
+        assert got["env"].start_scene is None and int(got["step"]) == 4
+        _assert_tree_equal(got["env"].latent, before.latent)
+        np.testing.assert_array_equal(jax.random.key_data(got["env"].key), jax.random.key_data(before.key))
+        with pytest.raises(CheckpointError, match="different config"):
+            ck.restore({"env": After(jnp.zeros((2, 3)), jax.random.key(0), start_scene=jnp.zeros((2, 5)))})
+        with pytest.raises(CheckpointError, match="different config"):
+            ck.restore({"env": After(jnp.zeros((2, 4)), jax.random.key(0))})
+
+
 def test_unfinished_save_is_ignored(tmp_path):
     """A save killed half-way leaves only a temporary folder: the previous step stays the latest."""
     with Checkpointer(str(tmp_path)) as ck:
