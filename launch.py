@@ -31,7 +31,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep JAX's start-up INFO lines (no TPU, ...) off the console
     # Imported here so that `--help` and flag errors stay fast and free of JAX start-up noise.
     from diwa_jax import config as configlib
-    from diwa_jax import distributed, pipeline
+    from diwa_jax import distributed, pipeline, sweep
     from diwa_jax.errors import ConfigError, ExpectedFailure
 
     try:  # before anything touches a device
@@ -42,7 +42,8 @@ def main(argv):
         return 2
     try:
         config = configlib.finalize(_CONFIG.value, _WORKDIR.value)
-        pipeline.run(config, _STAGES.value)  # checks the workdir, then saves the resolved config, then runs
+        # checks the workdir, then saves the resolved config, then runs (a sweep: shared stages, then each point's)
+        (sweep.run if configlib.sweep_points(config) else pipeline.run)(config, _STAGES.value)
     except ExpectedFailure as e:  # one line naming the culprit and the fix, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -6,6 +6,7 @@ line naming the key: ``config.ppo.actor_lr: must be > 0 (got -1.0)``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -264,6 +265,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, holds, message in _RELATIONS:
         if not holds(config):
             raise ConfigError(f"config.{key}: {message} (got {_get(config, key)!r})")
+    for key in SWEPT:
+        values = tuple(_get(config, key))
+        if len(set(values)) != len(values):
+            raise ConfigError(f"config.{key}: the swept values must differ (got {values!r})")
+    points = sweep_points(config)
+    if len(points) == 1:
+        raise ConfigError(f"config.sweep: one run ({sweep_label(points[0])}) is no sweep; set the key itself instead")
+    for point in points:
+        try:
+            validate(point_config(config, point))
+        except (ConfigError, TypeError) as e:  # TypeError: a value of another type than the key's
+            raise ConfigError(f"config.sweep: its run {sweep_label(point)} is invalid: {e}") from None
+
+
+# sweep key -> the key whose values it lists (experiments/ablation.py; diwa_jax/sweep.py runs them)
+SWEPT = {"sweep.alpha_bc": "ppo.alpha_bc", "sweep.reward_source": "ppo.reward_source"}
+
+
+def sweep_points(config) -> list[dict[str, Any]]:
+    """The sweep's grid, one ``{dotted key: value}`` per run (the first swept key varies slowest); [] if none."""
+    axes = [(SWEPT[key], tuple(_get(config, key))) for key in SWEPT if len(_get(config, key))]
+    return [dict(zip([target for target, _ in axes], values))
+            for values in itertools.product(*[values for _, values in axes])] if axes else []
+
+
+def sweep_label(point: dict[str, Any]) -> str:
+    """A point's name, e.g. ``alpha_bc=0.1,reward_source=classifier`` (also its folder's name)."""
+    return ",".join(f"{key.rpartition('.')[2]}={value}" for key, value in point.items())
+
+
+def point_config(config, point: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The plain run of one point: ``config`` with the point's values set and nothing swept."""
+    plain = config.to_dict()
+    plain.pop("derived", None)
+    out = ml_collections.ConfigDict(plain)
+    for key, value in point.items():
+        section, _, name = key.rpartition(".")
+        out[section][name] = value
+    for key in SWEPT:
+        out.sweep[key.rpartition(".")[2]] = ()
+    return out
 
 
 def derive(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:

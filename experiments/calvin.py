@@ -223,6 +223,14 @@ def _paper() -> ml_collections.ConfigDict:
     c.eval.envs = 16
     c.eval.workers = 2
 
+    # ---- sweeps (experiments/ablation.py) -----------------------------------------------------
+    # Values of a key to fine-tune and evaluate side by side, one run per point of the grid of every swept key;
+    # stages no point changes (collect ... reward here) run once and are shared (diwa_jax/sweep.py).
+    # Empty: not swept (the single value above).
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.alpha_bc = ()  # values of config.ppo.alpha_bc
+    c.sweep.reward_source = ()  # values of config.ppo.reward_source
+
     # ---- logging ------------------------------------------------------------------------------
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True

@@ -214,3 +214,23 @@ def test_a_workdir_saved_before_a_key_existed_reads_with_the_presets_default(tmp
     assert config.ppo.transfer_starts == get_config("tiny").ppo.transfer_starts
     assert config.online.envs == get_config("tiny").online.envs
     assert config.ppo.alpha_bc == 0.2 and config.eval.envs == 3
+
+
+def test_a_sweep_is_a_grid_of_plain_runs_each_validated_naming_the_sweep():
+    c = get_config("quick")
+    c.sweep.alpha_bc, c.sweep.reward_source = (0.0, 0.1), ("classifier",)
+    points = configlib.sweep_points(configlib.finalize(c, "/tmp/unused"))
+    assert points == [{"ppo.alpha_bc": 0.0, "ppo.reward_source": "classifier"},
+                      {"ppo.alpha_bc": 0.1, "ppo.reward_source": "classifier"}]
+    run = configlib.point_config(c, points[1])
+    assert run.ppo.alpha_bc == 0.1 and run.sweep.alpha_bc == () and c.ppo.alpha_bc == 0.05
+    assert configlib.sweep_label(points[1]) == "alpha_bc=0.1,reward_source=classifier"
+    cases = {((-1.0, 0.1), ()): "config.sweep: its run alpha_bc=-1.0 is invalid: config.ppo.alpha_bc: must be",
+             ((0.1, 0.1), ()): "config.sweep.alpha_bc: the swept values must differ",
+             ((0.1,), ()): "config.sweep: one run (alpha_bc=0.1) is no sweep",
+             ((), ("classifier", "decoded_state")): "config.sweep: its run reward_source=decoded_state is invalid: "
+                                                    "config.ppo.reward_source: decoded_state needs",
+             (("a", 0.1), ()): "config.sweep: its run alpha_bc=a is invalid"}
+    for (alphas, sources), message in cases.items():
+        c.sweep.alpha_bc, c.sweep.reward_source = alphas, sources
+        assert _error(c).startswith(message)

@@ -335,6 +335,48 @@ def test_decoded_state_reward_runs_end_to_end_on_the_state_variant(full_run, tmp
     assert curves[0] == curves[1]
 
 
+def test_a_sweep_shares_the_early_stages_and_each_point_is_a_plain_run(full_run, tmp_path):
+    """experiments/ablation.py with two alpha_BC values on the module's early stages: nothing before fine-tuning
+    reruns, each point's folder links the shared stages, the point at the module's alpha_BC reproduces the
+    module's seed-0 evaluation exactly while the other fine-tunes other parameters, and sweep.json and sweep.md
+    report each point's own results."""
+    workdir, _ = full_run
+    base = tmp_path / "sweep"
+    shutil.copytree(workdir, base, ignore=shutil.ignore_patterns("finetune", "evaluate", "results.*", "config.json",
+                                                                 "success_curves.png"))
+    shared = ("collect", "world_model", "featurize", "policy", "reward")
+    markers = {s: (base / s / pipeline.MARKER).read_text() for s in shared}
+    default = get_config("tiny").ppo.alpha_bc
+    cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config",
+           os.path.join(REPO, "experiments", "ablation.py") + ":tiny", "--workdir", str(base),
+           "--config.wm.variant=vision", "--config.sweep.reward_source=()", f"--config.sweep.alpha_bc=({default},0.0)"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-3000:]
+    for s in shared:
+        assert f"[{s}] complete, skipping" in out.stdout and (base / s / pipeline.MARKER).read_text() == markers[s]
+    rows = read_json(base / "sweep.json")["runs"]
+    assert [r["values"] for r in rows] == [{"ppo.alpha_bc": default}, {"ppo.alpha_bc": 0.0}]
+    table = (base / "sweep.md").read_text()
+    actors = []
+    for row, alpha in zip(rows, (default, 0.0)):
+        point = base / "sweep" / f"alpha_bc={alpha}"
+        assert all(os.path.islink(point / s) and os.path.samefile(point / s, base / s) for s in shared + ("starts",))
+        resolved = read_json(point / "config.json")
+        assert resolved["ppo"]["alpha_bc"] == alpha and resolved["sweep"]["alpha_bc"] == []
+        mean = read_json(point / "results.json")["mean"]
+        assert row["finetuned"] == mean["finetuned"] and row["pretrained"] == mean["pretrained"]
+        assert f"| {row['label']} | {row['episodes']} |" in table
+        actors.append(as_numpy(artifacts.load_finetuned_actor(tiny(point, seeds=1, alpha_bc=alpha), TASK, 0)))
+    module = read_json(workdir / "results.json")["tasks"][TASK]
+    same = read_json(base / "sweep" / f"alpha_bc={default}" / "results.json")["tasks"][TASK]
+    assert same["pretrained"]["episode_success"] == module["pretrained"]["episode_success"]
+    for key in ("episode_success", "imagined_success"):
+        assert same["finetuned"][0][key] == module["finetuned"][0][key], key
+    assert not all(np.array_equal(x, y) for x, y in zip(*actors))  # alpha_BC reached the PPO loss
+    assert (base / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bad_device_counts_are_config_errors_naming_the_key(tmp_path):
     """launch.py prints a ConfigError as one line (exit 2): too many devices, or envs that do not split."""
     with pytest.raises(configlib.ConfigError, match=r"config.ppo.devices=99: JAX sees only 8 devices"):

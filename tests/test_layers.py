@@ -23,13 +23,14 @@ LAYERS = (
     ("diwa_jax.artifacts",),  # the workdir and typed loaders
     ("diwa_jax.stages", "diwa_jax.bench"),  # runners and the benchmark's entry point
     ("diwa_jax.pipeline",),
+    ("diwa_jax.sweep",),  # one pipeline run per point of a grid
     ("launch",),
 )
 # Where the experiment config is read: everything else is a library and takes specs, params and arrays.
 CONFIG_READERS = ("diwa_jax.config", "diwa_jax.specs", "diwa_jax.artifacts", "diwa_jax.stages", "diwa_jax.pipeline",
-                  "diwa_jax.bench", "launch")
+                  "diwa_jax.sweep", "diwa_jax.bench", "launch")
 MODEL_PACKAGES = ("diwa_jax.world_model", "diwa_jax.policy", "diwa_jax.reward", "diwa_jax.finetune")
-STAGE_USERS = ("diwa_jax.stages", "diwa_jax.pipeline", "launch")
+STAGE_USERS = ("diwa_jax.stages", "diwa_jax.pipeline", "diwa_jax.sweep", "launch")
 
 
 def _modules() -> dict[str, str]:

@@ -83,11 +83,11 @@ def _rate(result: dict) -> dict:
             "mean_steps": result["mean_steps"], "episode_success": [bool(x) for x in result["episode_success"]]}
 
 
-def _percent(x) -> str:
+def percent(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def _with_interval(rate: float, interval, signed: bool = False) -> str:
+def with_interval(rate: float, interval, signed: bool = False) -> str:
     fmt = (lambda x: f"{100 * x:+.1f}") if signed else (lambda x: f"{100 * x:.1f}")  # noqa: E731
     return f"{fmt(rate)} [{fmt(interval[0])}, {fmt(interval[1])}]"
 
@@ -102,21 +102,21 @@ def results_table(results: dict) -> str:
                  "| imagined % |", "|---|---|---|---|---|---|"]
         for name, r in rows:
             ft = r["finetuned"][0]
-            lines.append(f"| {name} | {r['episodes']} | {_with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
-                         f"| {_with_interval(ft['rate'], ft['interval'])} | {_with_interval(ft['gain'], ft['gain_interval'], True)} "
-                         f"| {_percent(r['imagined_success']['mean'])} |")
+            lines.append(f"| {name} | {r['episodes']} | {with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
+                         f"| {with_interval(ft['rate'], ft['interval'])} | {with_interval(ft['gain'], ft['gain_interval'], True)} "
+                         f"| {percent(r['imagined_success']['mean'])} |")
     else:
         lines = [f"| task | episodes per policy | pre-trained % [95% CI] | fine-tuned %, mean ± std over {seeds} seeds "
                  "| gain, points, mean ± std | seeds better | imagined %, mean |", "|---|---|---|---|---|---|---|"]
         for name, r in rows:
             f, g = r["finetuned_over_seeds"], r["gain_over_seeds"]
-            lines.append(f"| {name} | {r['episodes']} | {_with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
+            lines.append(f"| {name} | {r['episodes']} | {with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
                          f"| {100 * f['mean']:.1f} ± {100 * f['std']:.1f} | {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} "
-                         f"| {r['seeds_better']} of {seeds} | {_percent(r['imagined_success']['mean'])} |")
+                         f"| {r['seeds_better']} of {seeds} | {percent(r['imagined_success']['mean'])} |")
         lines += ["", "Per fine-tuning seed: fine-tuned % [95% CI] / gain, points [paired 95% CI]", "",
                   "| task | " + " | ".join(f"seed {k}" for k in range(seeds)) + " |", "|---|" + "---|" * seeds]
         for name, r in rows:
-            cells = [f"{_with_interval(ft['rate'], ft['interval'])} / {_with_interval(ft['gain'], ft['gain_interval'], True)}"
+            cells = [f"{with_interval(ft['rate'], ft['interval'])} / {with_interval(ft['gain'], ft['gain_interval'], True)}"
                      for ft in r["finetuned"]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Simulator steps during fine-tuning: **{results['finetune_sim_steps']}** "
@@ -211,9 +211,9 @@ def transfer_table(tasks: dict) -> str:
         gap = end["imagined_success"] - end["real_success"]
         gaps.append(gap)
         precision = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-        lines.append(f"| {name} | {t['starts']} x {t['seeds']} | {_percent(pre['imagined_success'])} / "
-                     f"{_percent(pre['real_success'])} | {_percent(end['imagined_success'])} / "
-                     f"{_percent(end['real_success'])} / {_percent(end['replayed_success'])} | {100 * gap:+.1f} | "
+        lines.append(f"| {name} | {t['starts']} x {t['seeds']} | {percent(pre['imagined_success'])} / "
+                     f"{percent(pre['real_success'])} | {percent(end['imagined_success'])} / "
+                     f"{percent(end['real_success'])} / {percent(end['replayed_success'])} | {100 * gap:+.1f} | "
                      f"{precision(pre['classifier_precision_imagined'])} / {precision(end['classifier_precision_imagined'])} "
                      f"| {precision(pre['classifier_false_alarms_real'])} / "
                      f"{precision(end['classifier_false_alarms_real'])} "
