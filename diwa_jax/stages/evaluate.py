@@ -344,8 +344,9 @@ def workdir_config(workdir: str, **execution) -> ml_collections.FrozenConfigDict
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no resolved config; is {workdir} the --workdir of a run?")
-    with open(path) as f:
-        saved = json.load(f)
+    with open(path) as f:  # JSON arrays back to the config's tuples (as lists, two empty ones trip FrozenConfigDict)
+        saved = json.load(f, object_pairs_hook=lambda pairs: {k: tuple(v) if isinstance(v, list) else v
+                                                              for k, v in pairs})
     saved.pop("derived", None)
     config, defaults = ml_collections.ConfigDict(saved), preset_defaults(saved.get("preset", ""))
     for section in defaults.keys():  # sections and keys added after the run: no stage it finished read them
