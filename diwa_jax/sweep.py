@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from diwa_jax import artifacts, pipeline
+from diwa_jax import artifacts, pipeline, stats
 from diwa_jax import config as configlib
 from diwa_jax.atomic import atomic_write, write_json
 from diwa_jax.logging import info
@@ -88,14 +88,21 @@ def _point_row(config, point: dict) -> dict | None:
     with open(path) as f:
         results = json.load(f)
     mean = results["mean"]
-    gaps = [t["transfer"]["finetuned"]["imagined_success"] - t["transfer"]["finetuned"]["real_success"]
-            for t in results["tasks"].values() if t.get("transfer")]
+    transfer = [t["transfer"]["finetuned"] for t in results["tasks"].values() if t.get("transfer")]
+    # the lists a setting may be chosen on: fine-tuning's last periodic evaluation and the transfer starts
+    ends = [artifacts.read_curve(point_run_config(config, point), task, k)[-1]
+            for task in results["tasks"] for k in range(results["seeds"])]
+    successes, episodes = sum(round(e["real_success"] * e["eval_episodes"]) for e in ends), sum(
+        e["eval_episodes"] for e in ends)
     return {
         "label": configlib.sweep_label(point), "values": point, "results": os.path.relpath(path, config.derived.workdir),
         "seeds": results["seeds"], "episodes": mean["episodes"], "pretrained": mean["pretrained"],
         "finetuned": mean["finetuned"], "finetuned_over_seeds": mean["finetuned_over_seeds"],
         "gain_over_seeds": mean["gain_over_seeds"], "imagined_success": mean["imagined_success"]["mean"],
-        "transfer_gap": float(np.mean(gaps)) if gaps else None,
+        "transfer_gap": float(np.mean([t["imagined_success"] - t["real_success"] for t in transfer])) if transfer else None,
+        "transfer_real": float(np.mean([t["real_success"] for t in transfer])) if transfer else None,
+        "periodic_real": {"rate": successes / episodes, "episodes": episodes,
+                          "interval": list(stats.wilson_interval(successes, episodes))},
         "tasks": {task: {"pretrained": t["pretrained"]["rate"], "finetuned": t["finetuned_over_seeds"]["mean"],
                          "imagined_success": t["imagined_success"]["mean"]} for task, t in results["tasks"].items()},
     }
@@ -103,9 +110,10 @@ def _point_row(config, point: dict) -> dict | None:
 
 def sweep_table(rows: list[dict]) -> str:
     """One line per point (mean over tasks), then the fine-tuned rate per task and point."""
-    lines = ["| run | episodes per policy | pre-trained % [95% CI] | fine-tuned % | gain, points | "
-             "imagined % at the end | imagined - real, points | transfer-diagnostic gap, points | tasks improved |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | periodic lists at the end, real % [95% CI] (episodes) | transfer starts at the end, real % | "
+             "episodes per policy | pre-trained % [95% CI] | fine-tuned % | gain, points | imagined % at the end | "
+             "imagined - real, points | transfer-diagnostic gap, points | tasks improved |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, g = r["finetuned_over_seeds"], r["gain_over_seeds"]
         if r["seeds"] == 1:
@@ -118,7 +126,9 @@ def sweep_table(rows: list[dict]) -> str:
             improved = " / ".join(str(s["tasks_improved"]) for s in r["finetuned"])
         gap = "-" if r["imagined_success"] is None else f"{100 * (r['imagined_success'] - f['mean']):+.1f}"
         transfer = "-" if r["transfer_gap"] is None else f"{100 * r['transfer_gap']:+.1f}"
-        lines.append(f"| {r['label']} | {r['episodes']} | {with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
+        periodic = r["periodic_real"]
+        lines.append(f"| {r['label']} | {with_interval(periodic['rate'], periodic['interval'])} ({periodic['episodes']}) "
+                     f"| {percent(r['transfer_real'])} | {r['episodes']} | {with_interval(r['pretrained']['rate'], r['pretrained']['interval'])} "
                      f"| {rate} | {gain} | {percent(r['imagined_success'])} | {gap} | {transfer} | {improved} of "
                      f"{len(r['tasks'])} |")
     tasks = list(rows[0]["tasks"])
@@ -128,9 +138,11 @@ def sweep_table(rows: list[dict]) -> str:
         cells = [f"{percent(r['tasks'][task]['finetuned'])} / {percent(r['tasks'][task]['imagined_success'])}"
                  for r in rows]
         lines.append(f"| {task} | {percent(rows[0]['tasks'][task]['pretrained'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Means over tasks of the final start lists (the same starts at every run; Wilson and paired 95% "
-                  "intervals with one seed, mean ± std over seeds with several); imagined: fine-tuning's last "
-                  "iteration in the world model."]
+    lines += ["", "Choose a setting on the first two columns (fine-tuning's periodic start lists, pooled over tasks "
+                  "and seeds, and the transfer diagnostic's starts from the fine-tuning pool), never on the final "
+                  "lists. The rest: means over tasks of the final start lists (the same starts at every run; Wilson "
+                  "and paired 95% intervals with one seed, mean ± std over seeds with several); imagined: "
+                  "fine-tuning's last iteration in the world model."]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from diwa_jax.artifacts import load_features, load_policy
 from diwa_jax.errors import CheckpointError
 from diwa_jax.finetune.agent import create_finetune_state
 from diwa_jax.stages import evaluate as evaluate_stage
+from diwa_jax.stages.evaluate import with_interval
 from diwa_jax.stages import finetune as stage
 from diwa_jax.stages.start_lists import start_list
 from diwa_jax.stats import paired_difference, wilson_interval
@@ -366,8 +367,13 @@ def test_a_sweep_shares_the_early_stages_and_each_point_is_a_plain_run(full_run,
         assert resolved["ppo"]["alpha_bc"] == alpha and resolved["sweep"]["alpha_bc"] == []
         mean = read_json(point / "results.json")["mean"]
         assert row["finetuned"] == mean["finetuned"] and row["pretrained"] == mean["pretrained"]
-        assert f"| {row['label']} | {row['episodes']} |" in table
-        actors.append(as_numpy(artifacts.load_finetuned_actor(tiny(point, seeds=1, alpha_bc=alpha), TASK, 0)))
+        run = tiny(point, seeds=1, alpha_bc=alpha)
+        end = artifacts.read_curve(run, TASK, 0)[-1]  # the periodic list, where a setting may be chosen
+        assert row["periodic_real"]["episodes"] == end["eval_episodes"] == run.eval.periodic_episodes
+        assert row["periodic_real"]["rate"] == pytest.approx(end["real_success"])
+        periodic = with_interval(row["periodic_real"]["rate"], row["periodic_real"]["interval"])
+        assert f"| {row['label']} | {periodic} ({end['eval_episodes']}) |" in table
+        actors.append(as_numpy(artifacts.load_finetuned_actor(run, TASK, 0)))
     module = read_json(workdir / "results.json")["tasks"][TASK]
     same = read_json(base / "sweep" / f"alpha_bc={default}" / "results.json")["tasks"][TASK]
     assert same["pretrained"]["episode_success"] == module["pretrained"]["episode_success"]
