@@ -48,7 +48,11 @@ def _link(target: str, link: str) -> None:
         return
     if os.path.lexists(link):
         raise configlib.ConfigError(f"{link}: exists and is not a link to {target}; delete it to rerun the sweep")
-    os.symlink(relative, link)
+    try:
+        os.symlink(relative, link)
+    except FileExistsError:  # another process of a multi-host run made it first
+        if not (os.path.islink(link) and os.readlink(link) == relative):
+            raise
 
 
 def run(config, names: Sequence[str] | None = None) -> None:
