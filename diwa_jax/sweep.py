@@ -71,12 +71,14 @@ def run(config, names: Sequence[str] | None = None) -> None:
     for run_config in runs:  # every run's folder is checked before any stage runs
         if os.path.isdir(run_config.derived.workdir):
             pipeline.check_workdir(run_config)
-    if [s for s in stages if s.name in linked]:
-        pipeline.run(config, [s.name for s in stages if s.name in linked])
+    shared = [s.name for s in stages if s.name in linked]
+    if shared:
+        pipeline.run(config, shared)
+    for folder in linked:
+        os.makedirs(os.path.join(config.derived.workdir, folder), exist_ok=True)
     for point, run_config in zip(points, runs):
         os.makedirs(run_config.derived.workdir, exist_ok=True)
         for folder in linked:
-            os.makedirs(os.path.join(config.derived.workdir, folder), exist_ok=True)
             _link(os.path.join(config.derived.workdir, folder), os.path.join(run_config.derived.workdir, folder))
         info(f"[sweep] {configlib.sweep_label(point)}: {', '.join(own) or 'no stage'} in {run_config.derived.workdir}")
         if own:
@@ -86,7 +88,8 @@ def run(config, names: Sequence[str] | None = None) -> None:
 
 def _point_row(config, point: dict) -> dict | None:
     """A point's headline from its results.json; None before its evaluation is complete."""
-    path = artifacts.workdir_file(point_run_config(config, point), artifacts.RESULTS_JSON)
+    run_config = point_run_config(config, point)
+    path = artifacts.workdir_file(run_config, artifacts.RESULTS_JSON)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -94,7 +97,7 @@ def _point_row(config, point: dict) -> dict | None:
     mean = results["mean"]
     transfer = [t["transfer"]["finetuned"] for t in results["tasks"].values() if t.get("transfer")]
     # the lists a setting may be chosen on: fine-tuning's last periodic evaluation and the transfer starts
-    ends = [artifacts.read_curve(point_run_config(config, point), task, k)[-1]
+    ends = [artifacts.read_curve(run_config, task, k)[-1]
             for task in results["tasks"] for k in range(results["seeds"])]
     successes, episodes = sum(round(e["real_success"] * e["eval_episodes"]) for e in ends), sum(
         e["eval_episodes"] for e in ends)
@@ -186,23 +189,21 @@ def plot_sweep(path: str, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def summarize(config) -> list[dict]:
     """sweep.json, sweep.md and sweep.png of the points evaluated so far (nothing before the first)."""
-    rows = [r for r in (_point_row(config, p) for p in configlib.sweep_points(config)) if r is not None]
+    points = configlib.sweep_points(config)
+    rows = [r for r in (_point_row(config, p) for p in points) if r is not None]
     if not rows:
         return rows
     workdir = config.derived.workdir
     write_json(os.path.join(workdir, SWEEP_JSON),
-               {"swept": configlib.sections(config, tuple(configlib.SWEPT)),
-                "points": len(configlib.sweep_points(config)), "runs": rows})
+               {"swept": configlib.sections(config, tuple(configlib.SWEPT)), "points": len(points), "runs": rows})
     table = sweep_table(rows)
-    markdown = f"# Sweep ({config.preset}, {len(rows)} of {len(configlib.sweep_points(config))} runs evaluated)\n\n{table}\n"
+    markdown = f"# Sweep ({config.preset}, {len(rows)} of {len(points)} runs evaluated)\n\n{table}\n"
     atomic_write(os.path.join(workdir, SWEEP_MD), lambda f: f.write(markdown.encode()))
     plot_sweep(os.path.join(workdir, SWEEP_PNG), rows)
     info(table)

@@ -161,10 +161,8 @@ def plot_curves(path: str, curves: dict[str, list[list[dict]]]) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"  # matplotlib picks the format from the name
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def transfer_over_seeds(points: list[dict]) -> dict | None:
