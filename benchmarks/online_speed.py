@@ -50,7 +50,7 @@ def main() -> None:
         stats = artifacts.caches(config)["training"].stats
         schedule, actor_pre = artifacts.load_policy(config, task)
         models = FrozenModels(wm=world_model.params, classifier={}, actor_pre=actor_pre, schedule=schedule)
-        spec = online_spec(config)
+        spec = online_spec(config, task)
         state = create_learner_state(spec.finetune, jax.random.key(0), actor_pre, config.derived.latent_dim)
         starts = simulator_start_states(config, task, config.ppo.n_start_states, 0)
         envs = simulator_batch(config, world_model, stats, envs_count, workers)

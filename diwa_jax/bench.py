@@ -202,7 +202,7 @@ def bench_ppo(bench, size: str) -> dict:
     config = experiment_config(bench, size, max(bench.devices, 1))
     config.ppo.update_epochs, config.ppo.batch_size = 1, bench.ppo_batch  # one minibatch step on the whole batch
     config.ppo.alpha_bc, config.ppo.critic_warmup, config.ppo.target_kl = bench.ppo_alpha_bc, 0, 1e9
-    spec = finetune_spec(config)
+    spec = finetune_spec(config, config.tasks[0])
     models, pool = random_models(config, bench.seed)
     state = agent.create_finetune_state(spec, jax.random.key(bench.seed), models.actor_pre, pool)
     b, ft_steps = bench.ppo_batch, config.policy.ft_denoising_steps

@@ -265,6 +265,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, holds, message in _RELATIONS:
         if not holds(config):
             raise ConfigError(f"config.{key}: {message} (got {_get(config, key)!r})")
+    if parse_alpha_bc_by_task(config) and len(config.sweep.alpha_bc):
+        raise ConfigError("config.ppo.alpha_bc_by_task: set while config.sweep.alpha_bc sweeps alpha_BC; "
+                          "clear one of them")
     for key in SWEPT:
         values = tuple(_get(config, key))
         if len(set(values)) != len(values):
@@ -277,6 +280,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
             validate(point_config(config, point))
         except (ConfigError, TypeError) as e:  # TypeError: a value of another type than the key's
             raise ConfigError(f"config.sweep: its run {sweep_label(point)} is invalid: {e}") from None
+
+
+def parse_alpha_bc_by_task(config) -> dict[str, float]:
+    """``config.ppo.alpha_bc_by_task`` ("TASK=VALUE,...") as ``{task: value}``; raises ConfigError naming it."""
+    key, text, out = "config.ppo.alpha_bc_by_task", config.ppo.alpha_bc_by_task, {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, equals, value = (x.strip() for x in item.partition("="))
+        try:
+            number = float(value) if equals else None
+        except ValueError:
+            number = None
+        if number is None or not _non_negative(number):
+            raise ConfigError(f"{key}: {item!r} is not TASK=VALUE with a finite VALUE >= 0 (got {text!r})")
+        if task not in config.tasks:
+            raise ConfigError(f"{key}: {task!r} is not a task of config.tasks ({', '.join(config.tasks)})")
+        if task in out:
+            raise ConfigError(f"{key}: {task!r} is named twice (got {text!r})")
+        out[task] = number
+    return out
+
+
+def alpha_bc(config, task: str) -> float:
+    """``task``'s alpha_BC: its ``config.ppo.alpha_bc_by_task`` value, else ``config.ppo.alpha_bc``."""
+    return parse_alpha_bc_by_task(config).get(task, config.ppo.alpha_bc)
 
 
 # sweep key -> the key whose values it lists (experiments/ablation.py; diwa_jax/sweep.py runs them)

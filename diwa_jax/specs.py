@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from diwa_jax import config as configlib
 from diwa_jax.data.preprocess import proprio_dim, scene_state_dim
 from diwa_jax.evaluate import EvalSpec, SamplerSettings, observation_transform
 from diwa_jax.finetune.agent import FinetuneSpec
@@ -69,7 +70,8 @@ def rollout_spec(config) -> RolloutSpec:
                        success_hold=config.ppo.success_hold, reward_source=config.ppo.reward_source)
 
 
-def finetune_spec(config) -> FinetuneSpec:
+def finetune_spec(config, task: str) -> FinetuneSpec:
+    """PPO's settings for ``task`` (its alpha_BC: ``config.ppo.alpha_bc_by_task`` or ``config.ppo.alpha_bc``)."""
     p = config.ppo
     return FinetuneSpec(
         rollout=rollout_spec(config), n_envs=p.n_envs, update_epochs=p.update_epochs,
@@ -78,7 +80,7 @@ def finetune_spec(config) -> FinetuneSpec:
         vf_coef=p.vf_coef, target_kl=p.target_kl, norm_adv=p.norm_adv, max_grad_norm=p.max_grad_norm,
         actor_lr=p.actor_lr, critic_lr=p.critic_lr, critic_warmup=p.critic_warmup, critic_dim=p.critic_dim,
         reward_scaling=p.reward_scaling, reward_scale_gamma=p.reward_scale_gamma,
-        reward_scale_clip=p.reward_scale_clip, alpha_bc=p.alpha_bc, **logprob_options(p))
+        reward_scale_clip=p.reward_scale_clip, alpha_bc=configlib.alpha_bc(config, task), **logprob_options(p))
 
 
 def sampler_settings(config, ft_steps: int) -> SamplerSettings:

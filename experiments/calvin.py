@@ -179,6 +179,9 @@ def _paper() -> ml_collections.ConfigDict:
     c.ppo.reward_source = "classifier"  # classifier | decoded_state (the oracle on decoded scenes; hybrid/state)
     c.ppo.success_hold = 1  # last world-model steps of a chunk the classifier must all call success (1: paper)
     c.ppo.alpha_bc = 0.05
+    # per-task alpha_BC, "TASK=VALUE,..." (e.g. the paper's "open_drawer=0.1,close_drawer=0.025"); the tasks
+    # it does not name take ppo.alpha_bc
+    c.ppo.alpha_bc_by_task = ""
     c.ppo.binarize_gripper = False
     c.ppo.start_source = "simulator"  # simulator | dataset
     c.ppo.n_start_states = 200

@@ -234,3 +234,23 @@ def test_a_sweep_is_a_grid_of_plain_runs_each_validated_naming_the_sweep():
     for (alphas, sources), message in cases.items():
         c.sweep.alpha_bc, c.sweep.reward_source = alphas, sources
         assert _error(c).startswith(message)
+
+
+def test_alpha_bc_by_task_sets_the_named_tasks_and_the_rest_keep_ppo_alpha_bc():
+    from diwa_jax.specs import finetune_spec
+
+    c = get_config("quick")
+    c.tasks = ("open_drawer", "close_drawer", "turn_on_led")
+    c.ppo.alpha_bc_by_task = "open_drawer=0.1, close_drawer=0.025"
+    config = configlib.finalize(c, "/tmp/unused")
+    assert [finetune_spec(config, t).alpha_bc for t in c.tasks] == [0.1, 0.025, 0.05]
+    cases = {"open_drawer:0.1": "config.ppo.alpha_bc_by_task: 'open_drawer:0.1' is not TASK=VALUE",
+             "open_drawer=-1": "config.ppo.alpha_bc_by_task: 'open_drawer=-1' is not TASK=VALUE",
+             "open_drawer=nan": "config.ppo.alpha_bc_by_task: 'open_drawer=nan' is not TASK=VALUE",
+             "turn_off_led=0.1": "config.ppo.alpha_bc_by_task: 'turn_off_led' is not a task of config.tasks",
+             "open_drawer=0.1,open_drawer=0.2": "config.ppo.alpha_bc_by_task: 'open_drawer' is named twice"}
+    for text, message in cases.items():
+        c.ppo.alpha_bc_by_task = text
+        assert _error(c).startswith(message), text
+    c.ppo.alpha_bc_by_task, c.sweep.alpha_bc = "open_drawer=0.1", (0.0, 0.1)
+    assert _error(c).startswith("config.ppo.alpha_bc_by_task: set while config.sweep.alpha_bc sweeps")

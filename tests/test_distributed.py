@@ -71,8 +71,8 @@ def single_device_iteration():
     """(config, models, pool, initial state, the compiled single-device iteration(models, pool, state))."""
     config = tiny_config(**PPO)
     models, _, pool = tiny_models("state")
-    state = agent.create_finetune_state(specs.finetune_spec(config), jax.random.key(7), models.actor_pre, pool)
-    compiled = agent.ppo_iteration.lower(specs.finetune_spec(config), models, pool, state).compile()
+    state = agent.create_finetune_state(specs.finetune_spec(config, config.tasks[0]), jax.random.key(7), models.actor_pre, pool)
+    compiled = agent.ppo_iteration.lower(specs.finetune_spec(config, config.tasks[0]), models, pool, state).compile()
     return config, models, pool, state, compiled
 
 
@@ -81,7 +81,7 @@ def test_sharded_iterations_equal_single_device(mesh):
     rep = dist.replicated(mesh)
     sharded_args = dist.shard((models, pool), rep)
     expected, state = state0, dist.shard(state0, dist.state_shardings(state0, mesh))
-    program = dist.sharded_iteration(specs.finetune_spec(config), mesh, state0).lower(*sharded_args, state).compile()
+    program = dist.sharded_iteration(specs.finetune_spec(config, config.tasks[0]), mesh, state0).lower(*sharded_args, state).compile()
     for _ in range(2):
         expected, expected_metrics = single(models, pool, expected)
         state, metrics = program(*sharded_args, state)
@@ -104,14 +104,14 @@ def test_seed_sweep_equals_separate_runs():
     seeds, iterations = (3, 11), 2
     expected = []
     for seed in seeds:
-        state = agent.create_finetune_state(specs.finetune_spec(config), jax.random.key(seed), models.actor_pre, pool)
+        state = agent.create_finetune_state(specs.finetune_spec(config, config.tasks[0]), jax.random.key(seed), models.actor_pre, pool)
         history = []
         for _ in range(iterations):
             state, metrics = iteration(models, pool, state)
             history.append(metrics)
         expected.append((state, jax.tree.map(lambda *m: np.stack(m), *history)))
     # the seed axis split over 2 devices
-    states, metrics = dist.sweep_seeds(specs.finetune_spec(config), models, pool, seeds, iterations, mesh=dist.make_mesh(jax.devices()[:2]))
+    states, metrics = dist.sweep_seeds(specs.finetune_spec(config, config.tasks[0]), models, pool, seeds, iterations, mesh=dist.make_mesh(jax.devices()[:2]))
     assert metrics["loss"].shape == (len(seeds), iterations)
     for s, (state, history) in enumerate(expected):
         _assert_trees_close(jax.tree.map(lambda x: x[s], (states, metrics)), (state, history), rtol=1e-4, atol=1e-6)
@@ -121,9 +121,9 @@ def test_seed_sweep_equals_separate_runs():
 def test_bad_mesh_and_process_arguments_are_named():
     config = tiny_config(n_envs=4)
     models, _, pool = tiny_models("state")
-    state = agent.create_finetune_state(specs.finetune_spec(config), jax.random.key(0), models.actor_pre, pool)
+    state = agent.create_finetune_state(specs.finetune_spec(config, config.tasks[0]), jax.random.key(0), models.actor_pre, pool)
     with pytest.raises(ValueError, match=r"config.ppo.n_envs = 4 must be a multiple of the number of devices \(8\)"):
-        dist.sharded_iteration(specs.finetune_spec(config), dist.make_mesh(jax.devices()[:DEVICES]), state)
+        dist.sharded_iteration(specs.finetune_spec(config, config.tasks[0]), dist.make_mesh(jax.devices()[:DEVICES]), state)
     with pytest.raises(ValueError, match="--coordinator_address"):
         dist.initialize(None, num_processes=2, process_id=0)
     with pytest.raises(ValueError, match=r"--process_id=2 must lie in \[0, --num_processes=2\)"):

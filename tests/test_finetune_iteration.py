@@ -28,10 +28,10 @@ def setup(**ppo):
     """(config, models, start pool, iteration, initial state); models as in test_imagine, actor_ft = actor_pre."""
     config = tiny_config(**ppo)
     models, _, pool = tiny_models()
-    state = agent.create_finetune_state(specs.finetune_spec(config), jax.random.key(7), models.actor_pre, pool)
+    state = agent.create_finetune_state(specs.finetune_spec(config, config.tasks[0]), jax.random.key(7), models.actor_pre, pool)
     # committed to the device like a restored checkpoint, so resuming in-process reuses the compiled iteration
     state = jax.device_put(state, jax.devices()[0])
-    return config, models, pool, agent.make_iteration(specs.finetune_spec(config), models, pool), state
+    return config, models, pool, agent.make_iteration(specs.finetune_spec(config, config.tasks[0]), models, pool), state
 
 
 def as_numpy(tree):
@@ -86,7 +86,7 @@ def test_approx_kl_early_stop_masks_later_updates_and_alpha_bc_zero_runs():
 
 
 def _count_loops(config, models, pool, state):
-    spec = specs.finetune_spec(config)
+    spec = specs.finetune_spec(config, config.tasks[0])
     return agent.ppo_iteration.lower(spec, models, pool, state).as_text().count("stablehlo.while")
 
 
@@ -108,7 +108,7 @@ def test_minibatch_modes_agree_on_the_full_batch():
         old_logprobs=jnp.asarray(rng.normal(-1.0, 0.5, size=(samples, ft_steps, 4, 7)), jnp.float32),
         advantages=jnp.asarray(rng.normal(size=samples), jnp.float32),
         returns=jnp.asarray(rng.normal(size=samples), jnp.float32))
-    spec = dataclasses.replace(specs.finetune_spec(config), alpha_bc=0.0)
+    spec = dataclasses.replace(specs.finetune_spec(config, config.tasks[0]), alpha_bc=0.0)
     row_spec = dataclasses.replace(spec, minibatch_mode="denoising_step")
     losses = jax.jit(agent._losses, static_argnums=0)
     key = jax.random.key(0)

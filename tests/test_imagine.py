@@ -299,4 +299,4 @@ def test_imagination_uses_the_world_model_spec_the_stages_train_and_restore(rot6
     assert (trained.proprio_dim, trained.state_dim) == (config.derived.proprio_dim, config.derived.state_dim)
     assert trained.proprio_dim == (18 if rot6d else 15) and trained.state_dim == (51 if rot6d else 39)
     assert specs.rollout_spec(config).wm == trained
-    assert specs.finetune_spec(config).rollout.wm == trained
+    assert specs.finetune_spec(config, config.tasks[0]).rollout.wm == trained

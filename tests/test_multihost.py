@@ -23,7 +23,7 @@ def inputs():
     """(spec, models, state, batch, key): from fixed seeds, the same in every process."""
     config = tiny_config(n_envs=4, critic_warmup=0, alpha_bc=0.0, update_epochs=2, batch_size=4, target_kl=1e6)
     models, _, pool = tiny_models("state")
-    state = agent.create_finetune_state(specs.finetune_spec(config), jax.random.key(7), models.actor_pre, pool)
+    state = agent.create_finetune_state(specs.finetune_spec(config, config.tasks[0]), jax.random.key(7), models.actor_pre, pool)
     rng = np.random.default_rng(0)
     samples, ft_steps, chunk = 8, config.policy.ft_denoising_steps, (config.policy.horizon, config.policy.action_dim)
     normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
@@ -31,7 +31,7 @@ def inputs():
                            chains=normal(samples, ft_steps + 1, *chunk),
                            old_logprobs=normal(samples, ft_steps, *chunk) - 1, advantages=normal(samples),
                            returns=normal(samples))
-    return specs.finetune_spec(config), models, state, batch, jax.random.key(2)
+    return specs.finetune_spec(config, config.tasks[0]), models, state, batch, jax.random.key(2)
 
 
 def flat_results(state, metrics) -> dict:

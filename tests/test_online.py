@@ -88,7 +88,7 @@ def online_setup(config):
     stats = artifacts.caches(config)["training"].stats
     schedule, actor_pre = artifacts.load_policy(config, TASK)
     models = FrozenModels(wm=world_model.params, classifier={}, actor_pre=actor_pre, schedule=schedule)
-    spec = stage.online_spec(config)
+    spec = stage.online_spec(config, TASK)
     state = create_learner_state(spec.finetune, jax.random.key(3), actor_pre, config.derived.latent_dim)
     counting = [CountingEnv(specs.make_env(config)) for _ in range(config.online.envs)]
     envs = SimulatorBatch.local(counting, observation_transform(world_model, stats, config.data.image_size))
@@ -144,7 +144,7 @@ def test_online_iteration_counts_steps_and_replays_to_the_offline_update(main_jo
 
 
 def online_state(config):
-    spec = stage.online_spec(config)
+    spec = stage.online_spec(config, TASK)
     _, actor_pre = artifacts.load_policy(config, TASK)
     template = create_learner_state(spec.finetune, jax.random.key(0), actor_pre, config.derived.latent_dim)
     with Checkpointer(os.path.join(artifacts.run_dir(config, "online", TASK, 0), "checkpoints")) as ck:

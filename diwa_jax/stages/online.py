@@ -43,8 +43,8 @@ ONLINE_STREAM = 7003  # numpy stream (seed, task, ONLINE_STREAM, k, iteration) o
 COMPARISON = "online_vs_diwa"
 
 
-def online_spec(config) -> OnlineSpec:
-    return OnlineSpec(finetune=dataclasses.replace(finetune_spec(config), n_envs=config.online.envs),
+def online_spec(config, task: str) -> OnlineSpec:
+    return OnlineSpec(finetune=dataclasses.replace(finetune_spec(config, task), n_envs=config.online.envs),
                       filter_every_frame=bool(config.eval.filter_every_frame))
 
 
@@ -79,7 +79,7 @@ def online_task(config, task: str, seed_index: int, world_model, envs, eval_envs
     started = time.time()
     schedule, actor_pre = artifacts.load_policy(config, task)
     models = FrozenModels(wm=world_model.params, classifier={}, actor_pre=actor_pre, schedule=schedule)
-    spec = online_spec(config)
+    spec = online_spec(config, task)
     state = create_learner_state(spec.finetune, stage_key(config, f"online/{task}/seed{seed_index}"), actor_pre,
                                  config.derived.latent_dim)
     if config.online.init == "finetuned":
