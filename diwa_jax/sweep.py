@@ -83,6 +83,7 @@ def run(config, names: Sequence[str] | None = None) -> None:
         info(f"[sweep] {configlib.sweep_label(point)}: {', '.join(own) or 'no stage'} in {run_config.derived.workdir}")
         if own:
             pipeline.run(run_config, own)
+            summarize(config)  # the table so far, as each run finishes
     summarize(config)
 
 
