@@ -84,7 +84,8 @@ def run(config, names: Sequence[str] | None = None) -> None:
         if own:
             pipeline.run(run_config, own)
             summarize(config)  # the table so far, as each run finishes
-    summarize(config)
+    if not own:
+        summarize(config)
 
 
 def _point_row(config, point: dict) -> dict | None:

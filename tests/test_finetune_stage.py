@@ -386,7 +386,8 @@ def test_a_sweep_shares_the_early_stages_and_each_point_is_a_plain_run(full_run,
 def test_bad_device_counts_are_config_errors_naming_the_key(tmp_path):
     """launch.py prints a ConfigError as one line (exit 2): too many devices, or envs that do not split."""
     with pytest.raises(configlib.ConfigError, match=r"config.ppo.devices=99: JAX sees only 8 devices"):
-        stage.make_mesh_iteration(tiny(tmp_path, devices=99), "", None, None, None)
+        stage.make_mesh_iteration(tiny(tmp_path, devices=99), None, None, None, None)
     with pytest.raises(configlib.ConfigError, match=r"config.ppo.n_envs = 4 must be a multiple of the number of "
                                                    r"devices \(8\)"):
-        stage.make_mesh_iteration(tiny(tmp_path, devices=0), "", None, None, None)
+        config = tiny(tmp_path, devices=0)
+        stage.make_mesh_iteration(config, specs.finetune_spec(config, config.tasks[0]), None, None, None)

@@ -46,7 +46,7 @@ from diwa_jax.data.batching import RESET_ACTION, select_windows, task_windows
 from diwa_jax.data.calvin_format import CalvinSplit, DataError
 from diwa_jax.envs import tasks
 from diwa_jax.evaluate import encode_observation, evaluate_policy
-from diwa_jax.finetune.agent import FinetuneState, create_finetune_state, make_iteration
+from diwa_jax.finetune.agent import FinetuneSpec, FinetuneState, create_finetune_state, make_iteration
 from diwa_jax.finetune.imagine import FrozenModels, SceneReward
 from diwa_jax.logging import MetricLogger, info
 from diwa_jax.specs import eval_spec, evaluation_batch, finetune_spec, make_env, sampler_record, scene_geometry
@@ -157,15 +157,15 @@ def on_mesh(state: FinetuneState, shardings: FinetuneState) -> FinetuneState:
     return state
 
 
-def make_mesh_iteration(config, task: str, models: FrozenModels, pool: Latent, state: FinetuneState):
+def make_mesh_iteration(config, spec: FinetuneSpec, models: FrozenModels, pool: Latent, state: FinetuneState):
     """``iteration(state) -> (state, metrics)`` on ``learner_mesh(config)``: without one, ``make_iteration``'s
     single-device program; otherwise the envs and PPO minibatches are split over the mesh and the frozen models
     replicated. A state not yet on the mesh is placed there first; host values are identical in every process
     (same seed, same files)."""
     mesh = learner_mesh(config)
     if mesh is None:
-        return make_iteration(finetune_spec(config, task), models, pool)
-    program = distributed.sharded_iteration(finetune_spec(config, task), mesh, state)
+        return make_iteration(spec, models, pool)
+    program = distributed.sharded_iteration(spec, mesh, state)
     shardings = distributed.state_shardings(state, mesh)
     models, pool = distributed.shard((models, pool), distributed.replicated(mesh))
     info(f"[finetune] {config.ppo.n_envs} envs split over {mesh.size} devices")
@@ -245,9 +245,9 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
     schedule, actor_pre = models.schedule, models.actor_pre
     counting = CountingEnv(env)
     pool = load_or_build_start_pool(config, task, seed_index, world_model, stats, counting)
-    state = create_finetune_state(finetune_spec(config, task), stage_key(config, f"finetune/{task}/seed{seed_index}"),
-                                  actor_pre, pool)
-    iteration = make_mesh_iteration(config, task, models, pool, state)
+    spec = finetune_spec(config, task)
+    state = create_finetune_state(spec, stage_key(config, f"finetune/{task}/seed{seed_index}"), actor_pre, pool)
+    iteration = make_mesh_iteration(config, spec, models, pool, state)
     evaluate = PeriodicEvaluation(config, task, schedule, actor_pre, world_model, envs)
 
     out = artifacts.finetune_dir(config, task, seed_index)
@@ -298,7 +298,7 @@ def finetune_task(config, task: str, seed_index: int, world_model: WorldModel, s
         "imagined_success_first": curve[1]["imagined_success"] if len(curve) > 1 else None,
         "real_success_pretrained": curve[0]["real_success"],
         "real_success_final": final["real_success"],
-        "alpha_bc": finetune_spec(config, task).alpha_bc,
+        "alpha_bc": spec.alpha_bc,
         "start_source": ppo.start_source,
         "start_states": int(pool.deter.shape[0]),
         "finetune_sim_steps": counting.steps,  # fine-tuning's own simulator steps: zero by construction
