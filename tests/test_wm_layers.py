@@ -31,12 +31,14 @@ def _check_equal(plain: nn.Module, fast, x: jnp.ndarray) -> None:
 
 
 # Kernel gradients summed over blocks of 1, 3 and all 6 images (the block size follows BLOCK_BYTES).
+# Odd sides (padded to even inside) and even ones.
 @pytest.mark.parametrize("block_bytes", [1, 3 * (9 * 9 * 4 + 7 * 6 * 5) * 4, 1 << 30])
-def test_stride1_conv_equals_xla_conv(monkeypatch, block_bytes):
+@pytest.mark.parametrize("size", [(9, 9), (9, 8), (8, 10)])
+def test_stride1_conv_equals_xla_conv(monkeypatch, block_bytes, size):
     monkeypatch.setattr(conv_layers, "BLOCK_BYTES", block_bytes)
-    x = jax.random.normal(jax.random.key(0), (6, 9, 9, 4))
+    x = jax.random.normal(jax.random.key(0), (6, *size, 4))
     kernel = jax.random.normal(jax.random.key(1), (3, 4, 4, 5))
-    readout = jax.random.normal(jax.random.key(2), (6, 7, 6, 5))
+    readout = jax.random.normal(jax.random.key(2), (6, size[0] - 2, size[1] - 3, 5))
     plain = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",  # noqa: E731
                                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

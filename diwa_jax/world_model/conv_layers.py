@@ -32,6 +32,16 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMENSIONS)
 
 
+def _conv_even(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """``_conv`` with odd image sides zero-padded at the far edge and the extra outputs cropped: XLA:CPU's
+    convolution runs several times slower on odd-sized images."""
+    n, h, w, _ = x.shape
+    if not (h % 2 or w % 2):
+        return _conv(x, kernel)
+    out = _conv(jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), kernel)
+    return out[:, :h - kernel.shape[0] + 1, :w - kernel.shape[1] + 1]
+
+
 def _kernel_grad_xla(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: tuple) -> jnp.ndarray:
     _, pullback = jax.vjp(lambda kernel: _conv(x, kernel), jnp.zeros(kernel_shape, x.dtype))
     return pullback(dy)[0]
@@ -56,16 +66,16 @@ def _kernel_grad_blocked(x: jnp.ndarray, dy: jnp.ndarray, kernel_shape: tuple) -
 @jax.custom_vjp
 def conv2d_valid(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """(N, H, W, C) * kernel (kh, kw, C, O), stride 1, VALID -> (N, H - kh + 1, W - kw + 1, O)."""
-    return _conv(x, kernel)
+    return _conv_even(x, kernel)
 
 
 def _conv2d_valid_fwd(x, kernel):
-    return _conv(x, kernel), (x, kernel)
+    return _conv_even(x, kernel), (x, kernel)
 
 
 def _conv2d_valid_bwd(residuals, dy):
     x, kernel = residuals
-    _, pullback = jax.vjp(lambda inputs: _conv(inputs, kernel), x)
+    _, pullback = jax.vjp(lambda inputs: _conv_even(inputs, kernel), x)
     kernel_grad = lax.platform_dependent(
         x, dy, cpu=functools.partial(_kernel_grad_blocked, kernel_shape=kernel.shape),
         default=functools.partial(_kernel_grad_xla, kernel_shape=kernel.shape))
@@ -96,6 +106,42 @@ def conv2d_s2(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | None = No
     return out if bias is None else out + bias
 
 
+def _pixel_taps(x: jnp.ndarray, taps: jnp.ndarray) -> jnp.ndarray:
+    """(N, C) times each tap's (C, O) matrix of ``taps`` (T, C, O) -> (T, N, O), the taps read as stored."""
+    return lax.dot_general(jnp.broadcast_to(x, (taps.shape[0], *x.shape)), taps, (((2,), (1,)), ((0,), (0,))))
+
+
+@jax.custom_vjp
+def _single_pixel_taps(x: jnp.ndarray, taps: jnp.ndarray) -> jnp.ndarray:
+    return _pixel_taps(x, taps)
+
+
+def _single_pixel_taps_fwd(x, taps):
+    return _pixel_taps(x, taps), (x, taps)
+
+
+def _single_pixel_taps_bwd(residuals, dy):
+    x, taps = residuals
+    # The input gradient as a loop of per-tap products with the tap matrices read as stored: XLA's batched
+    # product summed over taps, or one contraction over (tap, O), run several times slower on CPU or copy
+    # the kernel transposed.
+    x_grad = lax.fori_loop(0, taps.shape[0], lambda t, acc: acc + dy[t] @ taps[t].T, jnp.zeros_like(x))
+    taps_grad = lax.dot_general(jnp.broadcast_to(x, (taps.shape[0], *x.shape)), dy, (((1,), (1,)), ((0,), (0,))))
+    return x_grad, taps_grad
+
+
+_single_pixel_taps.defvjp(_single_pixel_taps_fwd, _single_pixel_taps_bwd)
+
+
+def _single_pixel_transpose(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """A transposed conv of one input pixel per image, (N, C) with kernel (k, k, C, O) -> (N, k, k, O): the
+    pixel times the flipped kernel, as one product per kernel tap that reads the kernel as it is stored
+    (flipping or transposing the large kernel would copy it, forward and backward)."""
+    k, _, c, o = kernel.shape
+    taps = _single_pixel_taps(x, kernel.reshape(k * k, c, o))  # (k * k, N, O)
+    return taps.reshape(k, k, -1, o)[::-1, ::-1].transpose(2, 0, 1, 3)
+
+
 def conv_transpose2d_s2(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarray:
     """(N, H, W, C) with kernel (k, k, C, O), stride 2, VALID, flax's unflipped kernel convention
     (input pixel i adds ``x[i] * kernel[k - 1 - a]`` to output ``2 i + a``) -> (N, 2 (H - 1) + k, ..., O)."""
@@ -103,10 +149,10 @@ def conv_transpose2d_s2(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray |
     if k != k2:
         raise ValueError(f"conv_transpose2d_s2: kernel {kernel.shape} must be square")
     n, h, w, _ = x.shape
-    flipped = kernel[::-1, ::-1]
-    if h == w == 1:  # one input pixel: the output is its product with the whole kernel
-        out = lax.dot_general(x[:, 0, 0], flipped, (((1,), (2,)), ((), ())))
+    if h == w == 1:
+        out = _single_pixel_transpose(x[:, 0, 0], kernel)
         return out if bias is None else out + bias
+    flipped = kernel[::-1, ::-1]
     m = (k + 1) // 2  # kernel rows per output phase
     if k % 2:  # a zero last row/column gives both phases m rows
         flipped = jnp.pad(flipped, ((0, 1), (0, 1), (0, 0), (0, 0)))
