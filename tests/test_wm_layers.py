@@ -114,3 +114,12 @@ def test_bad_kernels_name_the_layer():
         conv2d_s2(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 1)))
     with pytest.raises(ValueError, match="conv_transpose2d_s2: kernel .* square"):
         conv_transpose2d_s2(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 4, 1, 1)))
+
+
+def test_elu_equals_flax_elu_in_values_and_gradients():
+    x = jnp.concatenate([jax.random.normal(jax.random.key(0), (1000,)) * 3, jnp.array([0.0, -0.0, 1e-8, -1e-8])])
+    np.testing.assert_array_equal(jax.jit(networks.elu)(x), jax.jit(nn.elu)(x))
+    weights = jax.random.normal(jax.random.key(1), x.shape)
+    got = jax.jit(jax.grad(lambda v: jnp.sum(weights * networks.elu(v))))(x)
+    want = jax.jit(jax.grad(lambda v: jnp.sum(weights * nn.elu(v))))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

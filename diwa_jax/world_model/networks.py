@@ -4,6 +4,7 @@ Modules take inputs with one flat batch axis; ``model.py`` flattens and restores
 Images enter as floats already scaled to [-1, 1] (``normalize_image``), channels last.
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diwa_jax.world_model.conv_layers import conv2d_s2, conv_transpose2d_s2
@@ -20,6 +21,25 @@ IMAGE_EMBED_MULT = 32  # flattened tower output = 8 * depth * 2 * 2 = 32 * depth
 
 xavier_uniform = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros_init()
+
+
+@jax.custom_vjp
+def elu(x: jnp.ndarray) -> jnp.ndarray:
+    """``nn.elu`` (alpha 1), whose gradient is computed from the output (``y + 1`` where ``x <= 0``): the
+    backward pass reads the activation the next layer keeps anyway instead of a stored ``exp(x)``."""
+    return nn.elu(x)
+
+
+def _elu_fwd(x):
+    y = nn.elu(x)
+    return y, y
+
+
+def _elu_bwd(y, grad):
+    return (grad * jnp.where(y > 0, 1.0, y + 1.0),)
+
+
+elu.defvjp(_elu_fwd, _elu_bwd)
 
 
 def dense(features: int, use_bias: bool = True, name: str | None = None) -> nn.Dense:
@@ -68,7 +88,7 @@ class ConvTower(nn.Module):
     def __call__(self, image: jnp.ndarray) -> jnp.ndarray:
         x = image
         for i, (kernel, mult) in enumerate(zip(ENCODER_KERNELS, ENCODER_DEPTH_MULTS)):
-            x = nn.elu(StridedConv(self.depth * mult, kernel, name=f"Conv_{i}")(x))  # nn.Conv's names: same checkpoints
+            x = elu(StridedConv(self.depth * mult, kernel, name=f"Conv_{i}")(x))  # nn.Conv's names: same checkpoints
         return x.reshape(x.shape[0], -1)
 
 
@@ -111,7 +131,7 @@ class ImageDeconv(nn.Module):
         for i, (kernel, width) in enumerate(zip(DECODER_KERNELS, widths)):
             x = StridedConv(width, kernel, transpose=True, name=f"ConvTranspose_{i}")(x)
             if i < len(widths) - 1:
-                x = nn.elu(x)
+                x = elu(x)
         return x
 
 
