@@ -239,17 +239,25 @@ def observe(params, spec: WorldModelSpec, obs_seq: dict, prev_actions: jnp.ndarr
 
 def _filter(params, spec: WorldModelSpec, embed: jnp.ndarray, prev_actions: jnp.ndarray, resets: jnp.ndarray,
             init_latent: Latent, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
-    """``observe`` from the sequence's embeddings (B, T, embed_dim)."""
+    """``observe`` from the sequence's embeddings (B, T, embed_dim): ``obs_step`` scanned over T, with the
+    work that does not depend on the recurrent state outside the loop (the action and embedding terms
+    before it, the prior after it, each one product over all B*T steps): inside a loop every product
+    also accumulates its weight gradient step by step."""
     steps = embed.shape[1]
+    action_inputs = _rssm_apply(params, spec, RSSMCell.action_input, prev_actions)
+    embed_inputs = _rssm_apply(params, spec, RSSMCell.embed_input, embed)
 
     def step(latent, inputs):
-        action, step_embed, reset, step_key = inputs
-        post, prior_logits, post_logits = obs_step(params, spec, latent, action, step_embed, reset, step_key)
-        return post, (post, prior_logits, post_logits)
+        action_input, embed_input, reset, step_key = inputs
+        deter = _rssm_apply(params, spec, RSSMCell.transition_from, _apply_reset(latent, reset), action_input)
+        post_logits = _rssm_apply(params, spec, RSSMCell.posterior_from, deter, embed_input)
+        post = Latent(deter=deter, stoch=sample_onehot(post_logits, step_key, spec.temperature))
+        return post, (post, post_logits)
 
-    inputs = (*_time_major((prev_actions, embed, resets)), jax.random.split(key, steps))
-    _, outputs = jax.lax.scan(step, init_latent, inputs)
-    return _time_major(outputs)
+    inputs = (*_time_major((action_inputs, embed_inputs, resets)), jax.random.split(key, steps))
+    _, (post, post_logits) = jax.lax.scan(step, init_latent, inputs)
+    post, post_logits = _time_major((post, post_logits))
+    return post, _rssm_apply(params, spec, RSSMCell.prior, post.deter), post_logits
 
 
 def imagine(params, spec: WorldModelSpec, latent: Latent, actions: jnp.ndarray, key: jax.Array) -> Latent:

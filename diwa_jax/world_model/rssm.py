@@ -71,9 +71,17 @@ class RSSMCell(nn.Module):
 
     def transition(self, latent: Latent, action: jnp.ndarray) -> jnp.ndarray:
         """(h_{t-1}, z_{t-1}), a_{t-1} -> h_t. Inputs are summed (not concatenated) before LN/ELU."""
+        return self.transition_from(latent, self.action_input(action))
+
+    def action_input(self, action: jnp.ndarray) -> jnp.ndarray:
+        """The action's term of the transition input: a sequence's actions are known before the filter runs,
+        so ``observe`` computes them all in one product outside its time loop."""
+        return self.action_in(action)
+
+    def transition_from(self, latent: Latent, action_input: jnp.ndarray) -> jnp.ndarray:
+        """``transition`` given the action's term (``action_input``)."""
         flat_stoch = latent.stoch.reshape(*latent.stoch.shape[:-2], -1)
-        x = self.stoch_in(flat_stoch) + self.action_in(action)
-        x = nn.elu(self.transition_norm(x))
+        x = nn.elu(self.transition_norm(self.stoch_in(flat_stoch) + action_input))
         return self.gru(x, latent.deter)
 
     def _to_blocks(self, flat_logits: jnp.ndarray) -> jnp.ndarray:
@@ -85,8 +93,16 @@ class RSSMCell(nn.Module):
 
     def posterior(self, deter: jnp.ndarray, embed: jnp.ndarray) -> jnp.ndarray:
         """h_t, embed_t -> posterior logits (..., stoch, classes)."""
-        x = self.post_deter_in(deter) + self.post_embed_in(embed)
-        return self._to_blocks(self.post_out(nn.elu(self.post_norm(x))))
+        return self.posterior_from(deter, self.embed_input(embed))
+
+    def embed_input(self, embed: jnp.ndarray) -> jnp.ndarray:
+        """The embedding's term of the posterior input (hoisted out of ``observe``'s time loop, like
+        ``action_input``)."""
+        return self.post_embed_in(embed)
+
+    def posterior_from(self, deter: jnp.ndarray, embed_input: jnp.ndarray) -> jnp.ndarray:
+        """``posterior`` given the embedding's term (``embed_input``)."""
+        return self._to_blocks(self.post_out(nn.elu(self.post_norm(self.post_deter_in(deter) + embed_input))))
 
     def __call__(self, latent: Latent, action: jnp.ndarray, embed: jnp.ndarray):
         """Touches every submodule (used by ``init``)."""
