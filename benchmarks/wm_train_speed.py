@@ -4,7 +4,8 @@
         [--torch_python .venv-torch/bin/python] [--torch_script ../shared/reference/bench_torch_wm.py]
 
 For each size (a preset of experiments/calvin.py, optionally ``=BxT`` for another batch, e.g. the paper
-widths with a batch that fits a CPU): build the train state, compile the jitted train step (timed apart),
+widths with a batch that fits a CPU; the paper's objective, without the inverse-dynamics head, as the
+yardstick has it): build the train state, compile the jitted train step (timed apart),
 count its FLOPs (XLA's cost analysis of the compiled step), run one warm-up step, then time ``--steps``
 steps on a fixed synthetic batch; then the yardstick (``bench_torch_wm.py``, the original's PyTorch step,
 a subprocess) at the same widths and batch. The float32 matmul peak is measured in the same process before
@@ -65,6 +66,7 @@ def parse_size(text: str) -> tuple[str, int, int]:
 def bench_jax(preset: str, variant: str, batch_size: int, seq_len: int, steps: int) -> dict:
     config = get_config(preset)
     config.wm.variant = variant
+    config.wm.inverse_dynamics_weight = 0.0  # the yardstick's objective (the paper's): the same model
     cfg, spec = config.wm, world_model_spec(config)
     batch_size, seq_len = batch_size or cfg.batch_size, seq_len or cfg.seq_len
     batch = jax.device_put(synthetic_batch(spec, batch_size, seq_len))
