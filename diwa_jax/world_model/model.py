@@ -210,12 +210,18 @@ def obs_step(params, spec: WorldModelSpec, latent: Latent, prev_action: jnp.ndar
              reset: jnp.ndarray, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
     """One filter step: zero (h, z) where ``reset``, transition with a_{t-1}, posterior sample from
     (h_t, embed_t). Returns (posterior Latent, prior logits, posterior logits), logits (..., S, C)."""
-    latent = _apply_reset(latent, reset)
-    deter = _rssm_apply(params, spec, RSSMCell.transition, latent, prev_action)
-    prior_logits = _rssm_apply(params, spec, RSSMCell.prior, deter)
-    post_logits = _rssm_apply(params, spec, RSSMCell.posterior, deter, embed)
-    stoch = sample_onehot(post_logits, key, spec.temperature)
-    return Latent(deter=deter, stoch=stoch), prior_logits, post_logits
+    action_input = _rssm_apply(params, spec, RSSMCell.action_input, prev_action)
+    embed_input = _rssm_apply(params, spec, RSSMCell.embed_input, embed)
+    post, post_logits = _posterior_step(params, spec, latent, action_input, embed_input, reset, key)
+    return post, _rssm_apply(params, spec, RSSMCell.prior, post.deter), post_logits
+
+
+def _posterior_step(params, spec: WorldModelSpec, latent: Latent, action_input: jnp.ndarray,
+                    embed_input: jnp.ndarray, reset: jnp.ndarray, key: jax.Array) -> tuple[Latent, jnp.ndarray]:
+    """``obs_step`` without the prior, from the action's and the embedding's input terms."""
+    deter = _rssm_apply(params, spec, RSSMCell.transition_from, _apply_reset(latent, reset), action_input)
+    post_logits = _rssm_apply(params, spec, RSSMCell.posterior_from, deter, embed_input)
+    return Latent(deter=deter, stoch=sample_onehot(post_logits, key, spec.temperature)), post_logits
 
 
 def img_step(params, spec: WorldModelSpec, latent: Latent, action: jnp.ndarray, key: jax.Array) -> Latent:
@@ -239,8 +245,8 @@ def observe(params, spec: WorldModelSpec, obs_seq: dict, prev_actions: jnp.ndarr
 
 def _filter(params, spec: WorldModelSpec, embed: jnp.ndarray, prev_actions: jnp.ndarray, resets: jnp.ndarray,
             init_latent: Latent, key: jax.Array) -> tuple[Latent, jnp.ndarray, jnp.ndarray]:
-    """``observe`` from the sequence's embeddings (B, T, embed_dim): ``obs_step`` scanned over T, with the
-    work that does not depend on the recurrent state outside the loop (the action and embedding terms
+    """``observe`` from the sequence's embeddings (B, T, embed_dim): ``obs_step`` over T, with the work
+    that does not depend on the recurrent state outside the time loop (the action and embedding terms
     before it, the prior after it, each one product over all B*T steps): inside a loop every product
     also accumulates its weight gradient step by step."""
     steps = embed.shape[1]
@@ -248,10 +254,7 @@ def _filter(params, spec: WorldModelSpec, embed: jnp.ndarray, prev_actions: jnp.
     embed_inputs = _rssm_apply(params, spec, RSSMCell.embed_input, embed)
 
     def step(latent, inputs):
-        action_input, embed_input, reset, step_key = inputs
-        deter = _rssm_apply(params, spec, RSSMCell.transition_from, _apply_reset(latent, reset), action_input)
-        post_logits = _rssm_apply(params, spec, RSSMCell.posterior_from, deter, embed_input)
-        post = Latent(deter=deter, stoch=sample_onehot(post_logits, step_key, spec.temperature))
+        post, post_logits = _posterior_step(params, spec, latent, *inputs)
         return post, (post, post_logits)
 
     inputs = (*_time_major((action_inputs, embed_inputs, resets)), jax.random.split(key, steps))
