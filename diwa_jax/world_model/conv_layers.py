@@ -35,7 +35,7 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 def _conv_even(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """``_conv`` with odd image sides zero-padded at the far edge and the extra outputs cropped: XLA:CPU's
     convolution runs several times slower on odd-sized images."""
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     if not (h % 2 or w % 2):
         return _conv(x, kernel)
     out = _conv(jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))), kernel)
